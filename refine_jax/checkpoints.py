@@ -1,0 +1,81 @@
+"""Model checkpoints on disk: a folder with Orbax-saved variables and `model.json` beside them.
+
+Layout of a model checkpoint folder (written by `convert` and by the trainer's exports):
+  model.json   {"arch", "model": config dict, "provenance": {...}}
+  variables/   Orbax StandardCheckpointer save of {'params', 'batch_stats'?}
+
+`load_model` accepts such a folder, or an original PyTorch `.pth` (converted on the fly).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import orbax.checkpoint as ocp
+from etils import epath
+
+from refine_jax import models
+
+MODEL_JSON = "model.json"
+VARIABLES = "variables"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    cfg: Any
+    variables: dict
+    provenance: dict
+
+    @property
+    def arch(self) -> str:
+        return self.cfg.arch
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write JSON to a temporary name, then rename (never a half-written file)."""
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    tmp.rename(path)
+
+
+def save_model(out_dir, cfg, variables, provenance: dict) -> None:
+    """Save variables + config + provenance into `out_dir` (must not exist yet); atomic."""
+    out = epath.Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; choose a new output folder")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save((tmp / VARIABLES).absolute(), variables)
+        ckptr.wait_until_finished()
+    write_json_atomic(tmp / MODEL_JSON, {"arch": cfg.arch, "model": cfg.to_dict(),
+                                          "provenance": provenance})
+    tmp.rename(out)
+
+
+def load_model(path) -> LoadedModel:
+    """Load a model checkpoint folder or an official `.pth` file."""
+    p = epath.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    if p.is_file():
+        from refine_jax import convert
+        cfg, variables, provenance = convert.convert_file(os.fspath(p))
+        return LoadedModel(cfg, variables, provenance)
+    meta_path = p / MODEL_JSON
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path}: not a refine_jax checkpoint folder (no {MODEL_JSON}); "
+                                f"pass a folder written by refine_jax.convert or a .pth file")
+    meta = json.loads(meta_path.read_text())
+    cfg = models.model_config(meta["arch"], meta["model"])
+    from refine_jax.convert import abstract_variables
+    target = abstract_variables(cfg)
+    with ocp.StandardCheckpointer() as ckptr:
+        variables = ckptr.restore((p / VARIABLES).absolute(), target)
+    return LoadedModel(cfg, variables, meta.get("provenance", {}))

@@ -1,0 +1,90 @@
+"""Reading user frames: a video file (PyAV) or a folder of images (Pillow), as uint8 (T, H, W, 3) RGB.
+
+Every failure is one sentence naming the file and what was expected.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, List
+
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+class FrameError(ValueError):
+    """A frame source that cannot be read as asked."""
+
+
+def list_images(folder: str) -> List[str]:
+    """Sorted image files of a folder."""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
+    if not names:
+        raise FrameError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)}) in this folder")
+    return [os.path.join(folder, n) for n in names]
+
+
+def read_image(path: str) -> np.ndarray:
+    """One image file -> uint8 (H, W, 3) RGB."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise FrameError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise FrameError(f"{path}: cannot be decoded as an image ({e})") from None
+
+
+def iter_video(path: str) -> Iterator[np.ndarray]:
+    """Decode a video with PyAV, yielding uint8 (H, W, 3) RGB frames."""
+    import av
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as e:
+        raise FrameError(f"{path}: cannot be opened as a video ({e})") from None
+    with container:
+        if not container.streams.video:
+            raise FrameError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, OSError) as e:
+            raise FrameError(f"{path}: video stream cannot be decoded ({e})") from None
+
+
+def video_fps(path: str) -> float:
+    """Average frame rate of a video file (0.0 if unknown)."""
+    import av
+    with av.open(path) as c:
+        rate = c.streams.video[0].average_rate
+        return float(rate) if rate else 0.0
+
+
+def read_frames(path: str, max_frames: int | None = None) -> np.ndarray:
+    """A video file or a folder of images -> uint8 (T, H, W, 3); all frames must share one size."""
+    if not os.path.exists(path):
+        raise FrameError(f"{path}: no such video file or frame folder")
+    if os.path.isdir(path):
+        files = list_images(path)[:max_frames]
+        frames, size = [], None
+        for f in files:
+            im = read_image(f)
+            if size is None:
+                size = im.shape
+            elif im.shape != size:
+                raise FrameError(f"{f}: frame is {im.shape[0]}x{im.shape[1]}, but the folder's first "
+                                 f"frame is {size[0]}x{size[1]}; all frames must share one size")
+            frames.append(im)
+        return np.stack(frames)
+    frames = []
+    for im in iter_video(path):
+        frames.append(im)
+        if max_frames is not None and len(frames) >= max_frames:
+            break
+    if not frames:
+        raise FrameError(f"{path}: the video has no decodable frames")
+    return np.stack(frames)

@@ -1,0 +1,41 @@
+"""Test set-up: 8 fake CPU devices, the persistent compilation cache, shared compiled fixtures."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+_CACHE = os.environ.get("REFINE_JAX_TEST_CACHE",
+                        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+import pytest  # noqa: E402
+
+from refine_jax import convert  # noqa: E402
+
+import golden  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
+
+
+@pytest.fixture(scope="session")
+def recipe_pth(tmp_path_factory):
+    """Official-layout .pth files of the seed-recipe weights, one per architecture."""
+    d = tmp_path_factory.mktemp("pth")
+    return lambda arch: golden.write_pth(arch, str(d / f"{arch}.pth")) \
+        if not (d / f"{arch}.pth").exists() else str(d / f"{arch}.pth")
+
+
+@pytest.fixture(scope="session")
+def converted(recipe_pth):
+    """(cfg, variables) converted through refine_jax.convert from the recipe .pth (cached)."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            cfg, variables, _ = convert.convert_file(recipe_pth(arch), arch)
+            cache[arch] = (cfg, variables)
+        return cache[arch]
+    return get
