@@ -214,7 +214,7 @@ def variables_to_state_dict(variables, cfg) -> "OrderedDict[str, np.ndarray]":
     out = OrderedDict()
     for path, value in traverse_util.flatten_dict(jax.device_get(variables)).items():
         leaf, v = _leaf_to_torch(path[0], path[-1], np.asarray(value))
-        out[f"{flax_module_to_torch(path[1:-1])}.{leaf}"] = np.ascontiguousarray(v)
+        out[f"{flax_module_to_torch(path[1:-1])}.{leaf}"] = np.array(v, order="C")  # keeps 0-d
     if cfg.arch == "raft":
         for key in [k for k in out if k.startswith("cnet.") and ".norm3." in k]:
             out[key.replace(_ALIAS[1], _ALIAS[0])] = out[key]

@@ -1,0 +1,87 @@
+"""Speed measurements, printed as ratios against the official PyTorch numbers on this workplace's
+2-vCPU CPU (spec/architectures.md part 5: torch 2.13 CPU, 2 threads, median of 3 after a warm-up).
+
+  python -m refine_jax.bench raft [--repeats=3]
+  python -m refine_jax.bench pips [--repeats=3]
+
+Compile time is reported separately from the steady-state time per call.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Official PyTorch seconds per call, 2 threads (spec part 5).
+REFERENCE = {
+    ("raft", 12): 1.120, ("raft", 32): 2.192,
+    ("pips", 8): 6.047, ("pips", 4): 10.690,
+}
+
+
+def time_call(fn, *args, repeats: int = 3):
+    """(compile seconds, median seconds per call, all timings) of a jitted fn."""
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(times), times
+
+
+def _report(name, key, compile_s, median, times):
+    ref = REFERENCE[key]
+    print(f"{name:<34} compile {compile_s:6.1f} s | {median:6.3f} s/call "
+          f"({', '.join(f'{t:.3f}' for t in times)}) | official PyTorch {ref:.3f} s | "
+          f"ratio ours/official {median / ref:.2f}", flush=True)
+
+
+def bench_raft(repeats: int) -> None:
+    from refine_jax.models.raft import RAFT, RAFTConfig
+
+    model = RAFT(RAFTConfig())
+    rng = np.random.default_rng(0)
+    im1 = jnp.asarray(rng.uniform(0, 255, (1, 368, 496, 3)), jnp.float32)
+    im2 = jnp.asarray(rng.uniform(0, 255, (1, 368, 496, 3)), jnp.float32)
+    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), im1, im2, iters=1))()
+    for iters in (12, 32):
+        fn = jax.jit(lambda v, a, b, iters=iters: model.apply(v, a, b, iters=iters)["flow_up"])
+        _report(f"RAFT large 368x496, {iters} iters", ("raft", iters),
+                *time_call(fn, variables, im1, im2, repeats=repeats))
+
+
+def bench_pips(repeats: int) -> None:
+    from refine_jax.models.pips import Pips, PipsConfig
+
+    rng = np.random.default_rng(0)
+    frames = jnp.asarray(rng.uniform(0, 255, (1, 8, 368, 496, 3)), jnp.float32)
+    xys = jnp.asarray(np.stack([rng.uniform(0, 495, 256), rng.uniform(0, 367, 256)], -1)[None],
+                      jnp.float32)
+    for stride in (8, 4):
+        model = Pips(PipsConfig(stride=stride))
+        variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), xys, frames, iters=1))()
+        fn = jax.jit(lambda v, x, f: model.apply(v, x, f, iters=6)["coords"])
+        _report(f"PIPs 8x368x496, N=256, 6 iters, s{stride}", ("pips", stride),
+                *time_call(fn, variables, xys, frames, repeats=repeats))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m refine_jax.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("raft", "pips"))
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
+    {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""RAFT parity with the official PyTorch outputs (tests/data/raft_*.npz), through the real path:
+seed-recipe weights -> official-layout .pth -> refine_jax.convert -> our model."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import golden
+from refine_jax.models import raft as raft_lib
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(cfg, iters, all_flow_up, warm):
+    model = raft_lib.RAFT(cfg)
+
+    def run(variables, im1, im2, flow_init):
+        p1, lrtb = raft_lib.pad_images(im1)
+        p2, _ = raft_lib.pad_images(im2)
+        out, inter = model.apply(
+            variables, p1, p2, iters=iters, all_flow_up=all_flow_up,
+            flow_init=flow_init if warm else None,
+            capture_intermediates=lambda mdl, _: mdl.name in ("fnet", "cnet"), mutable=["intermediates"])
+        out["flow_up"] = raft_lib.unpad(out["flow_up"], lrtb)
+        if all_flow_up:
+            out["flow_up_iters"] = raft_lib.unpad(out["flow_up_iters"], lrtb)
+        out["fmap1"] = inter["intermediates"]["fnet"]["__call__"][0][:1]
+        out["cnet"] = inter["intermediates"]["cnet"]["__call__"][0]
+        out["corr_iter1"] = raft_lib.lookup_pyramid(
+            raft_lib.build_corr_pyramid(inter["intermediates"]["fnet"]["__call__"][0][:1],
+                                        inter["intermediates"]["fnet"]["__call__"][0][1:], cfg.corr_levels),
+            raft_lib.coords_grid(1, p1.shape[1] // 8, p1.shape[2] // 8), cfg.corr_radius)
+        return out
+    return jax.jit(run)
+
+
+def _run(converted, arch, g, prefix, iters=12, all_flow_up=True, warm=False):
+    cfg, variables = converted(arch)
+    im1 = jnp.asarray(g[prefix + "image1"][None], jnp.float32)
+    im2 = jnp.asarray(g[prefix + "image2"][None], jnp.float32)
+    flow_init = jnp.asarray(g["flow_init"]) if warm else None
+    return jax.device_get(_forward(cfg, iters, all_flow_up, warm)(variables, im1, im2, flow_init))
+
+
+LOW_TOL = 1e-3 / 8  # low-res flow is in 1/8-res pixels: 1e-3 full-resolution pixels
+
+
+def _maxdiff(a, b):
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
+
+
+@pytest.fixture(scope="module")
+def large_pair1(converted):
+    g = golden.golden("raft_large_seed0")
+    return g, _run(converted, "raft", g, "pair1_")
+
+
+def test_large_encoders(large_pair1):
+    g, out = large_pair1
+    assert _maxdiff(out["fmap1"], g["pair1_fmap1"]) < 1e-4
+    assert _maxdiff(out["cnet"], g["pair1_cnet"]) < 1e-4
+
+
+def test_large_first_lookup(large_pair1):
+    g, out = large_pair1
+    ref = g["pair1_corr_iter1"]
+    assert _maxdiff(out["corr_iter1"], ref) < 1e-4 * np.abs(ref).max()
+
+
+def test_large_every_iteration(large_pair1):
+    g, out = large_pair1
+    for k in range(12):
+        assert _maxdiff(out["flow_low_iters"][k], g["pair1_flow_low_iters"][k]) < LOW_TOL, k
+    assert _maxdiff(out["flow_up_iters"][0], g["pair1_flow_up_iter1"]) < 1e-3
+    assert _maxdiff(out["flow_up_iters"][5], g["pair1_flow_up_iter6"]) < 1e-3
+    assert _maxdiff(out["flow_up"], g["pair1_flow_up"]) < 1e-3
+
+
+@pytest.mark.parametrize("pair", ["pair2", "pair3"])
+def test_large_padded_pairs(converted, pair):
+    """Odd sizes: symmetric (pair2) and asymmetric (pair3) sintel-mode padding."""
+    g = golden.golden("raft_large_seed0")
+    assert tuple(g[f"{pair}_pad_lrtb"]) == raft_lib.pad_amounts(*g[f"{pair}_image1"].shape[:2])
+    out = _run(converted, "raft", g, f"{pair}_", all_flow_up=False)
+    for k in range(12):
+        assert _maxdiff(out["flow_low_iters"][k], g[f"{pair}_flow_low_iters"][k]) < LOW_TOL, k
+    assert _maxdiff(out["flow_up"], g[f"{pair}_flow_up"]) < 1e-3
+
+
+def test_large_warm_start(converted):
+    g = golden.golden("raft_large_warm_seed0")
+    out = _run(converted, "raft", g, "", iters=4, warm=True)
+    for k in range(4):
+        assert _maxdiff(out["flow_low_iters"][k], g["flow_low_iters"][k]) < LOW_TOL, k
+    assert _maxdiff(out["flow_up_iters"][0], g["flow_up_iter1"]) < 1e-3
+    assert _maxdiff(out["flow_up"], g["flow_up"]) < 1e-3
+
+
+def test_small_everything(converted):
+    g = golden.golden("raft_small_seed1")
+    out = _run(converted, "raft_small", g, "")
+    assert _maxdiff(out["fmap1"], g["fmap1"]) < 1e-4
+    assert _maxdiff(out["cnet"], g["cnet"]) < 1e-4
+    assert _maxdiff(out["corr_iter1"], g["corr_iter1"]) < 1e-4 * np.abs(g["corr_iter1"]).max()
+    for k in range(12):
+        assert _maxdiff(out["flow_low_iters"][k], g["flow_low_iters"][k]) < LOW_TOL, k
+    assert _maxdiff(out["flow_up_iters"][0], g["flow_up_iter1"]) < 1e-3
+    assert _maxdiff(out["flow_up_iters"][5], g["flow_up_iter6"]) < 1e-3
+    assert _maxdiff(out["flow_up"], g["flow_up"]) < 1e-3
+
+
+def test_make_flow_fn_matches_golden(converted):
+    """The user-facing jitted function (padding included) gives the same flow."""
+    cfg, variables = converted("raft")
+    g = golden.golden("raft_large_seed0")
+    flow_fn = raft_lib.make_flow_fn(cfg, iters=12)
+    flow_up, flow_low = flow_fn(variables, g["pair2_image1"][None], g["pair2_image2"][None])
+    assert _maxdiff(flow_up, g["pair2_flow_up"]) < 1e-3
+    assert _maxdiff(flow_low, g["pair2_flow_low"]) < LOW_TOL
