@@ -30,7 +30,7 @@ def _flat(variables):
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
 
 
-@pytest.mark.parametrize("arch", ["raft", "raft_small"])
+@pytest.mark.parametrize("arch", ["raft", "raft_small", "pips"])
 def test_convert_counts_and_export_keys_match_official_listing(converted, arch):
     cfg, variables = converted(arch)
     assert convert.count_params(variables) == PARAM_COUNTS[arch]
@@ -38,12 +38,13 @@ def test_convert_counts_and_export_keys_match_official_listing(converted, arch):
     assert set(exported) == _official_keys(arch)
 
 
-@pytest.mark.parametrize("arch", ["raft", "raft_small"])
+@pytest.mark.parametrize("arch", ["raft", "raft_small", "pips"])
 def test_export_round_trip_is_exact(converted, recipe_pth, tmp_path, arch):
     cfg, variables = converted(arch)
     out = tmp_path / "again.pth"
     convert.export_pth(variables, cfg, str(out))
     original = torch.load(recipe_pth(arch), weights_only=True)
+    original = original.get("model_state_dict", original)
     again = torch.load(str(out), weights_only=True)
     assert set(original) == set(again)
     for k in original:
@@ -121,3 +122,12 @@ def test_name_mapping_is_mechanical():
         "delta_block", "to_delta_1_0", "fn_0")
     for name in ["update_block.mask.2", "delta_block.to_delta.15", "ffeat_updater.0", "fnet.conv1"]:
         assert convert.flax_module_to_torch(convert.torch_module_to_flax(name)) == name
+
+
+def test_pips_plain_state_dict_and_reference_dict_load_the_same(converted, tmp_path):
+    """Fine-tuned PIPs files are a plain state_dict; the reference file wraps it with the optimizer."""
+    cfg, variables = converted("pips")  # from the reference-format file
+    golden.write_pth("pips", str(tmp_path / "plain.pth"), wrap_pips=False)
+    cfg2, variables2, _ = convert.convert_file(str(tmp_path / "plain.pth"), "pips")
+    f1, f2 = _flat(variables), _flat(variables2)
+    assert cfg2 == cfg and f1.keys() == f2.keys() and all(np.array_equal(f1[k], f2[k]) for k in f1)
