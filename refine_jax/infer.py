@@ -3,9 +3,18 @@
   python -m refine_jax.infer flow --weights=DIR_OR_PTH --frames=DIR_OR_VIDEO --out=DIR \
       [--iters=32] [--pairs=consecutive|first] [--pad_mode=sintel|kitti] [--warm_start]
 
+  python -m refine_jax.infer tracks --weights=DIR_OR_PTH --video=FILE_OR_DIR --out=DIR \
+      (--grid=N | --queries=FILE.npy) [--stride=4] [--iters=6]
+
 `flow` writes `flow_NNNNN.flo` (Middlebury, pixels) and `flow_NNNNN.png` (colour wheel) for each
 pair: (t, t+1) with --pairs=consecutive, (0, t) with --pairs=first. --weights is a checkpoint
 folder (refine_jax.convert, a training run's export) or an original .pth.
+
+`tracks` runs PIPs chained over the whole video (8-frame windows re-anchored at confidently visible
+frames) and writes `tracks.npz` (`tracks` (N,T,2) pixels (x,y), `visible` (N,T) bool, `queries`
+(N,3) rows (t,x,y)), `tracks.json` (run metadata) and `tracks.mp4` (the tracks drawn on the video).
+--grid=N queries an NxN grid on frame 0 (8 px from the border, as the PIPs demo); --queries takes an
+.npy of rows (t, x, y). Videos shorter than 8 frames are padded by repeating the last frame.
 """
 from __future__ import annotations
 
@@ -70,6 +79,74 @@ def run_flow(args) -> int:
     return 0
 
 
+def grid_queries(n: int, h: int, w: int, margin: float = 8.0) -> np.ndarray:
+    """(n*n, 3) queries (0, x, y) on a regular grid of frame 0, `margin` px from the border."""
+    if n < 1:
+        raise ValueError(f"--grid must be at least 1, got {n}")
+    lin = lambda size: (np.full(1, (size - 1) / 2) if n == 1 else
+                        margin + np.arange(n) / (n - 1) * (size - 1 - 2 * margin))
+    ys, xs = np.meshgrid(lin(h), lin(w), indexing="ij")
+    return np.stack([np.zeros(n * n), xs.ravel(), ys.ravel()], -1).astype(np.float32)
+
+
+def load_queries(path: str) -> np.ndarray:
+    try:
+        q = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot be read as an .npy array of (t, x, y) rows ({e})") from None
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise ValueError(f"{path}: expected an (N, 3) array of rows (t, x, y), got shape {q.shape}")
+    return q.astype(np.float32)
+
+
+def overlay_video(video: np.ndarray, tracks: np.ndarray, visible: np.ndarray, tail: int = 8) -> np.ndarray:
+    """Frames with every track drawn (filled where visible) and a short tail of past positions."""
+    out = []
+    for t in range(len(video)):
+        lo = max(0, t - tail)
+        out.append(viz.draw_tracks(video[t], tracks[:, t], visible[:, t], tails=tracks[:, lo:t + 1]))
+    return np.stack(out)
+
+
+def run_tracks(args) -> int:
+    import dataclasses
+    import json
+
+    from refine_jax.models.pips import PipsConfig
+    from refine_jax.models.pips_chain import ChainedTracker
+
+    loaded = checkpoints.load_model(args.weights)
+    if not isinstance(loaded.cfg, PipsConfig):
+        raise SystemExit(f"{args.weights}: is a {loaded.arch} checkpoint; `infer tracks` needs PIPs")
+    cfg = dataclasses.replace(loaded.cfg, stride=args.stride)
+    video = frames_lib.read_frames(args.video)
+    t_len, h, w = video.shape[:3]
+    if (args.grid is None) == (args.queries is None):
+        raise ValueError("give exactly one of --grid=N or --queries=FILE.npy")
+    queries = grid_queries(args.grid, h, w) if args.grid is not None else load_queries(args.queries)
+    tracker = ChainedTracker(cfg, loaded.variables, iters=args.iters, max_points=args.max_points)
+    with tqdm(total=t_len, desc="tracks", unit="frame") as bar:
+        out = tracker(video, queries, progress=lambda c: bar.update(max(0, c + 1 - bar.n)))
+    os.makedirs(args.out, exist_ok=True)
+    npz = os.path.join(args.out, "tracks.npz")
+    tmp = npz + f".tmp-{os.getpid()}.npz"
+    np.savez(tmp, tracks=out["tracks"], visible=out["visible"], queries=queries)
+    os.replace(tmp, npz)
+    fps = frames_lib.video_fps(args.video) if os.path.isfile(args.video) else 10.0
+    meta = {"frames": int(t_len), "height": int(h), "width": int(w), "points": int(len(queries)),
+            "stride": cfg.stride, "iters": args.iters, "window": cfg.S,
+            "short_video_padded": bool(t_len < cfg.S),
+            "note": (f"the video has {t_len} < {cfg.S} frames; the window was padded by repeating "
+                     f"the last frame, as the official code does") if t_len < cfg.S else "",
+            "weights": os.path.abspath(args.weights), "provenance": loaded.provenance,
+            "frames_encoded": tracker.stats.encoded}
+    checkpoints.write_json_atomic(os.path.join(args.out, "tracks.json"), meta)
+    frames_lib.write_video(os.path.join(args.out, "tracks.mp4"),
+                           overlay_video(video, out["tracks"], out["visible"]), fps or 10.0)
+    print(f"wrote {len(queries)} tracks over {t_len} frames to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m refine_jax.infer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--warm_start", action="store_true",
                    help="initialise each pair from the previous pair's flow (consecutive pairs)")
     f.set_defaults(run=run_flow)
+    t = sub.add_parser("tracks", help="point tracks with chained PIPs")
+    t.add_argument("--weights", required=True)
+    t.add_argument("--video", required=True, help="video file or folder of images")
+    t.add_argument("--out", required=True)
+    t.add_argument("--grid", type=int, help="query an NxN grid on frame 0")
+    t.add_argument("--queries", help=".npy of (N, 3) rows (t, x, y) in pixels")
+    t.add_argument("--stride", type=int, default=4, choices=(4, 8))
+    t.add_argument("--iters", type=int, default=6)
+    t.add_argument("--max_points", type=int, default=256, help="points per model call")
+    t.set_defaults(run=run_tracks)
     return p
 
 

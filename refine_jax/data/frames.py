@@ -88,3 +88,25 @@ def read_frames(path: str, max_frames: int | None = None) -> np.ndarray:
     if not frames:
         raise FrameError(f"{path}: the video has no decodable frames")
     return np.stack(frames)
+
+
+def write_video(path: str, frames, fps: float = 10.0) -> None:
+    """Encode uint8 (T, H, W, 3) RGB frames as H.264 mp4 with PyAV, atomically (temp name, rename).
+    Odd sizes are padded by one pixel (yuv420p needs even sides)."""
+    import av
+    frames = np.asarray(frames, np.uint8)
+    h, w = frames.shape[1:3]
+    ph, pw = h % 2, w % 2
+    tmp = f"{path}.tmp-{os.getpid()}.mp4"
+    with av.open(tmp, "w") as c:
+        stream = c.add_stream("libx264", rate=max(1, int(round(fps))))
+        stream.height, stream.width = h + ph, w + pw
+        stream.pix_fmt = "yuv420p"
+        for im in frames:
+            if ph or pw:
+                im = np.pad(im, ((0, ph), (0, pw), (0, 0)), mode="edge")
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(im, format="rgb24")):
+                c.mux(pkt)
+        for pkt in stream.encode():
+            c.mux(pkt)
+    os.replace(tmp, path)
