@@ -67,15 +67,6 @@ def test_window_lookup_channel_order_is_x_major():
             np.testing.assert_allclose(win[a * (2 * r + 1) + b], want, atol=1e-5)
 
 
-def test_lookup_features_equals_volume_lookup():
-    fmap = jnp.asarray(RNG.normal(size=(6, 8, 4)).astype(np.float32))
-    feats = jnp.asarray(RNG.normal(size=(5, 4)).astype(np.float32))
-    xy = jnp.asarray(RNG.uniform(-3, 10, size=(5, 2)).astype(np.float32))
-    vol = jnp.einsum("hwc,pc->phw", fmap, feats) / 2.0
-    np.testing.assert_allclose(corr.lookup_features(fmap, feats, xy, 3, 2.0),
-                               corr.lookup_volume(vol, xy, 3), atol=1e-5)
-
-
 def test_convex_upsample_matches_unfold_formula():
     n, h, w = 1, 3, 4
     flow = RNG.normal(size=(n, h, w, 2)).astype(np.float32)

@@ -138,7 +138,7 @@ def _patch_indices(x0, y0, radius: int, h: int, w: int):
 
 
 def lookup_volume(volume, xy, radius: int):
-    """Window lookup in per-point correlation maps (RAFT).
+    """Window lookup in per-point correlation maps (RAFT and PIPs).
 
     volume (P, H, W): one map per query point; xy (P, 2) in that map's pixels.
     Returns (P, (2r+1)^2), zero outside the map.
@@ -148,22 +148,5 @@ def lookup_volume(volume, xy, radius: int):
     ys, xs, inside = _patch_indices(x0, y0, radius, h, w)
     flat = (ys * w + xs).reshape(p, -1)
     patch = jnp.take_along_axis(volume.reshape(p, h * w), flat, axis=1).reshape(ys.shape)
-    patch = jnp.where(inside, patch, 0.0)
-    return window_from_patch(patch, fx, fy, radius)
-
-
-def lookup_features(fmap, feats, xy, radius: int, scale: float):
-    """Window lookup of <feats, fmap> correlations without building the volume (PIPs).
-
-    fmap (H, W, C) one frame's feature map; feats (P, C) the point features; xy (P, 2) in fmap
-    pixels. Equals sampling the correlation volume `fmap . feats / scale` (bilinear and the dot
-    product are both linear). Returns (P, (2r+1)^2), zero outside the map.
-    """
-    h, w, _ = fmap.shape
-    x0, y0, fx, fy = _bilinear_taps(xy[:, 0], xy[:, 1])
-    ys, xs, inside = _patch_indices(x0, y0, radius, h, w)
-    patch_feats = fmap[ys, xs]  # (P, 2r+2, 2r+2, C)
-    patch = jnp.einsum("pyxc,pc->pyx", patch_feats, feats,
-                       precision=jax.lax.Precision.HIGHEST) / scale
     patch = jnp.where(inside, patch, 0.0)
     return window_from_patch(patch, fx, fy, radius)
