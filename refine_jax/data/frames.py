@@ -59,9 +59,14 @@ def iter_video(path: str) -> Iterator[np.ndarray]:
 def video_fps(path: str) -> float:
     """Average frame rate of a video file (0.0 if unknown)."""
     import av
-    with av.open(path) as c:
-        rate = c.streams.video[0].average_rate
-        return float(rate) if rate else 0.0
+    try:
+        with av.open(path) as c:
+            if not c.streams.video:
+                raise FrameError(f"{path}: has no video stream")
+            rate = c.streams.video[0].average_rate
+            return float(rate) if rate else 0.0
+    except (av.error.FFmpegError, OSError) as e:
+        raise FrameError(f"{path}: cannot be opened as a video ({e})") from None
 
 
 def read_frames(path: str, max_frames: int | None = None) -> np.ndarray:

@@ -1,0 +1,179 @@
+"""Standard benchmarks -> video shards with ground truth (formats: spec/method.md section 11).
+
+- MPI-Sintel: `training/{clean,final}/SCENE/frame_%04d.png`, `training/flow/SCENE/frame_%04d.flo`
+  (flow from frame i to i+1), optional `training/occlusions/SCENE/frame_%04d.png` (255 = occluded).
+  One record per scene and pass, with every pair's flow.
+- TAP-Vid (DAVIS, RGB-Stacking) pickles: {name: {'video' uint8 (T,H,W,3), 'points' (N,T,2) (x,y)
+  normalised to [0,1], 'occluded' bool (N,T)}}. Points are scaled by (W, H) as tapnet does. The
+  pickle is read with an unpickler that only admits numpy arrays and builtins (no code runs).
+- CroHD (HT21): `HT21/train/HT21-0x/img1/%06d.jpg` and `HT21Labels/train/HT21-0x/gt/gt.txt`
+  (frame, id, left, top, width, height, conf, class, visibility; 1-indexed). Points are box centres;
+  a record is `clip_len` frames every `stride` frames, with the heads present in all of them.
+- Horse-10: COCO-style keypoint json (images with `file_name` = `labeled-data/HORSE/NNNN.png`,
+  annotations with 22 `keypoints` as x, y, v triples); one record per horse, frames sorted by path.
+
+Tracks are (N, T, 2) pixels (x, y), visible (N, T), query points (N, 3) rows (t, x, y) at each
+track's first visible frame.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import pickle
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from refine_jax.data import flo, frames as frames_lib
+from refine_jax.data.shards import Clip, ShardWriter
+
+
+def first_visible_queries(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """(N, 3) rows (t, x, y) at each track's first visible frame (frame 0 if never visible)."""
+    t = np.argmax(visible, axis=1)
+    xy = tracks[np.arange(len(tracks)), t]
+    return np.concatenate([t[:, None].astype(np.float32), xy], -1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- Sintel
+
+def sintel_clips(root: str, passes: Sequence[str] = ("clean", "final"),
+                 scenes: Optional[Sequence[str]] = None) -> Iterator[Clip]:
+    train = os.path.join(root, "training")
+    flow_root = os.path.join(train, "flow")
+    if not os.path.isdir(flow_root):
+        raise FileNotFoundError(f"{flow_root}: not found; expected an MPI-Sintel root with training/flow")
+    for pas in passes:
+        for scene in sorted(scenes or os.listdir(flow_root)):
+            files = frames_lib.list_images(os.path.join(train, pas, scene))
+            video = np.stack([frames_lib.read_image(f) for f in files])
+            flows, valid = [], []
+            for f in files[:-1]:
+                stem = os.path.splitext(os.path.basename(f))[0]
+                flows.append(flo.read_flo(os.path.join(flow_root, scene, stem + ".flo")))
+                occ = os.path.join(train, "occlusions", scene, stem + ".png")
+                valid.append(frames_lib.read_image(occ)[..., 0] < 128 if os.path.exists(occ)
+                             else np.ones(flows[-1].shape[:2], bool))
+            yield Clip(f"{pas}/{scene}", video, flow=np.stack(flows), flow_valid=np.stack(valid))
+
+
+# ----------------------------------------------------------------------------------------------- TAP-Vid
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits only what TAP-Vid pickles hold: numpy arrays, dtypes and builtin containers."""
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TAP-Vid pickle")
+
+
+def load_tapvid_pickle(path: str) -> Dict[str, dict]:
+    try:
+        with open(path, "rb") as f:
+            data = _SafeUnpickler(f).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: TAP-Vid pickle not found") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a TAP-Vid pickle of numpy arrays ({e})") from None
+    if isinstance(data, list):  # the Kinetics/RGB-Stacking lists
+        data = {f"{i:05d}": v for i, v in enumerate(data)}
+    return data
+
+
+def tapvid_clips(path: str) -> Iterator[Clip]:
+    for name, item in load_tapvid_pickle(path).items():
+        video = item["video"]
+        if isinstance(video, (list, tuple)) or video.dtype.kind in "SO":  # JPEG bytes per frame
+            import io
+            from PIL import Image
+            video = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in video])
+        t, h, w = video.shape[:3]
+        tracks = (np.asarray(item["points"], np.float32) * np.array([w, h], np.float32))
+        visible = ~np.asarray(item["occluded"], bool)
+        yield Clip(str(name), np.asarray(video, np.uint8), tracks=tracks, visible=visible,
+                   query_points=first_visible_queries(tracks, visible))
+
+
+# ----------------------------------------------------------------------------------------------- CroHD
+
+def read_mot_gt(path: str) -> Dict[int, Dict[int, tuple]]:
+    """gt.txt -> {frame (1-indexed): {id: (cx, cy, visibility)}}."""
+    out: Dict[int, Dict[int, tuple]] = collections.defaultdict(dict)
+    with open(path) as f:
+        for row in csv.reader(f):
+            if not row:
+                continue
+            try:
+                fr, tid = int(float(row[0])), int(float(row[1]))
+                left, top, bw, bh = (float(v) for v in row[2:6])
+                vis = float(row[8]) if len(row) > 8 else 1.0
+            except (ValueError, IndexError):
+                raise ValueError(f"{path}: malformed MOT line {','.join(row)!r}; expected frame, id, "
+                                 f"left, top, width, height, conf, class, visibility") from None
+            out[fr][tid] = (left + bw / 2, top + bh / 2, vis)
+    return out
+
+
+def crohd_clips(root: str, clip_len: int = 8, stride: int = 3, videos: Optional[Sequence[str]] = None,
+                block: Optional[int] = None) -> Iterator[Clip]:
+    """Records of `clip_len` frames every `stride` frames, starting every `block` frames
+    (default clip_len*stride, the paper's 24-frame blocks)."""
+    block = block or clip_len * stride
+    img_root = os.path.join(root, "HT21", "train")
+    if not os.path.isdir(img_root):
+        raise FileNotFoundError(f"{img_root}: not found; expected a CroHD root with HT21/train")
+    for vid in sorted(videos or os.listdir(img_root)):
+        files = frames_lib.list_images(os.path.join(img_root, vid, "img1"))
+        gt = read_mot_gt(os.path.join(root, "HT21Labels", "train", vid, "gt", "gt.txt"))
+        for start in range(0, len(files) - (clip_len - 1) * stride, block):
+            idx = [start + k * stride for k in range(clip_len)]
+            ids = sorted(set.intersection(*[set(gt.get(i + 1, {})) for i in idx]))
+            if not ids:
+                continue
+            tracks = np.array([[gt[i + 1][h][:2] for i in idx] for h in ids], np.float32)
+            visible = np.array([[gt[i + 1][h][2] > 0 for i in idx] for h in ids])
+            video = np.stack([frames_lib.read_image(files[i]) for i in idx])
+            yield Clip(vid, video, clip_start=start, frame_stride=stride, tracks=tracks, visible=visible,
+                       query_points=first_visible_queries(tracks, visible))
+
+
+# ----------------------------------------------------------------------------------------------- Horse-10
+
+def horse10_clips(root: str, json_files: Sequence[str]) -> Iterator[Clip]:
+    """One record per horse: its labelled frames sorted by path and the 22 keypoint tracks."""
+    images, kps = {}, {}
+    for jf in json_files:
+        with open(jf) as f:
+            data = json.load(f)
+        for im in data["images"]:
+            images[im["id"]] = im["file_name"]
+        for ann in data["annotations"]:
+            kps[ann["image_id"]] = np.asarray(ann["keypoints"], np.float32).reshape(-1, 3)
+    by_horse = collections.defaultdict(list)
+    for iid, name in images.items():
+        if iid in kps:
+            by_horse[os.path.basename(os.path.dirname(name))].append((name, kps[iid]))
+    for horse, items in sorted(by_horse.items()):
+        items.sort(key=lambda x: x[0])
+        video = np.stack([frames_lib.read_image(os.path.join(root, n)) for n, _ in items])
+        k = np.stack([kp for _, kp in items], 1)  # (22, T, 3)
+        tracks, visible = k[..., :2], k[..., 2] > 0
+        yield Clip(horse, video, tracks=tracks.astype(np.float32), visible=visible,
+                   query_points=first_visible_queries(tracks, visible))
+
+
+READERS = {"sintel": sintel_clips, "tapvid": tapvid_clips, "crohd": crohd_clips, "horse10": horse10_clips}
+
+
+def write_benchmark(kind: str, out: str, *args, fmt: str = "png", **kwargs) -> dict:
+    """Convert a benchmark into a shard folder; returns its manifest."""
+    with ShardWriter(out, kind, extra={"benchmark": kind}) as writer:
+        for clip in READERS[kind](*args, **kwargs):
+            writer.write_clip(clip, fmt, source_frames=len(clip.frames))
+    return writer.manifest

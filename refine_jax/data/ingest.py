@@ -1,0 +1,138 @@
+"""Videos and frame folders -> video shards.
+
+  python -m refine_jax.ingest --videos='clips/*.mp4' --out=shards/mine [--clip_len=0] [--stride=1]
+      [--size=H,W] [--format=jpeg|png] [--max_shard_mb=256]
+
+--videos is a glob, a video file, or a folder holding video files and/or sub-folders of frames (a
+folder whose images are the frames of one video). Every video becomes records of `clip_len`
+consecutive kept frames (every `stride`-th source frame; clip_len 0 = the whole video in one
+record). Frames are resized to --size (bilinear) when given. A file that cannot be decoded is
+skipped with a warning naming it; the count of skipped files is printed at the end.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from refine_jax.data import frames as frames_lib
+from refine_jax.data.shards import Clip, ShardWriter
+
+
+def find_sources(spec: str) -> List[str]:
+    """Video files and frame folders named by a glob, a file or a folder."""
+    if os.path.isfile(spec):
+        return [spec]
+    if os.path.isdir(spec):
+        entries = sorted(os.path.join(spec, n) for n in os.listdir(spec))
+        vids = [e for e in entries if os.path.isfile(e) and e.lower().endswith(frames_lib.VIDEO_EXTS)]
+        dirs = [e for e in entries if os.path.isdir(e)]
+        imgs = [e for e in entries if e.lower().endswith(frames_lib.IMAGE_EXTS)]
+        if imgs and not vids and not dirs:
+            return [spec]  # the folder itself is one video's frames
+        return vids + dirs
+    hits = sorted(glob.glob(spec))
+    if not hits:
+        raise FileNotFoundError(f"{spec}: matches no video file or frame folder")
+    return hits
+
+
+def _resize(im: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    if size is None or im.shape[:2] == tuple(size):
+        return im
+    from PIL import Image
+    return np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def iter_source_frames(src: str) -> Iterator[np.ndarray]:
+    if os.path.isdir(src):
+        size = None
+        for f in frames_lib.list_images(src):
+            im = frames_lib.read_image(f)
+            if size is not None and im.shape != size:
+                raise frames_lib.FrameError(f"{f}: frame is {im.shape[0]}x{im.shape[1]}, the folder's "
+                                            f"first frame is {size[0]}x{size[1]}")
+            size = im.shape
+            yield im
+    else:
+        yield from frames_lib.iter_video(src)
+
+
+def video_id_of(src: str) -> str:
+    return os.path.splitext(os.path.basename(os.path.normpath(src)))[0]
+
+
+def clips_of(src: str, clip_len: int, stride: int, size) -> Iterator[Clip]:
+    """Clips of one source, each `clip_len` kept frames (every `stride`-th source frame)."""
+    fps = frames_lib.video_fps(src) if os.path.isfile(src) else 0.0
+    vid = video_id_of(src)
+    buf, start = [], 0
+    for i, im in enumerate(iter_source_frames(src)):
+        if i % stride:
+            continue
+        buf.append(_resize(im, size))
+        if clip_len and len(buf) == clip_len:
+            yield Clip(vid, np.stack(buf), clip_start=start, frame_stride=stride, fps=fps / stride)
+            buf, start = [], i + stride
+    if buf and (not clip_len or len(buf) == clip_len):
+        yield Clip(vid, np.stack(buf), clip_start=start, frame_stride=stride, fps=fps / stride)
+    elif buf:
+        print(f"note: {src}: the last {len(buf)} kept frames do not fill a {clip_len}-frame clip "
+              f"and are not written", file=sys.stderr)
+
+
+def ingest(spec: str, out: str, clip_len: int = 0, stride: int = 1, size=None, fmt: str = "jpeg",
+           max_shard_bytes: int = 256 << 20, progress: bool = True) -> dict:
+    """Write every decodable source as clips; returns the manifest (with `skipped` files)."""
+    from tqdm import tqdm
+    sources = find_sources(spec)
+    skipped = []
+    extra = {"source": spec, "clip_len": clip_len, "stride": stride,
+             "size": list(size) if size else None, "format": fmt}
+    with ShardWriter(out, "video", max_shard_bytes, extra=extra) as writer:
+        for src in tqdm(sources, desc="ingest", unit="video", disable=not progress):
+            try:
+                clips = list(clips_of(src, clip_len, stride, size))  # decode fully before writing
+            except frames_lib.FrameError as e:
+                print(f"warning: skipping {src}: {e}", file=sys.stderr)
+                skipped.append(src)
+                continue
+            if not clips:
+                print(f"warning: skipping {src}: no complete clip", file=sys.stderr)
+                skipped.append(src)
+                continue
+            for clip in clips:
+                writer.write_clip(clip, fmt, source_frames=len(clip.frames) * stride)
+        writer.extra["skipped"] = skipped
+    print(f"ingested {len(sources) - len(skipped)} of {len(sources)} sources "
+          f"({writer.manifest['records']} clips, {writer.manifest['frames']} frames); "
+          f"skipped {len(skipped)}", file=sys.stderr)
+    return writer.manifest
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m refine_jax.ingest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--clip_len", type=int, default=0)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--size", default="", help="H,W")
+    p.add_argument("--format", default="jpeg", choices=("jpeg", "png"))
+    p.add_argument("--max_shard_mb", type=int, default=256)
+    a = p.parse_args(argv)
+    size = tuple(int(v) for v in a.size.split(",")) if a.size else None
+    try:
+        ingest(a.videos, a.out, a.clip_len, a.stride, size, a.format, a.max_shard_mb << 20)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""tf.data pipelines over video shards, handing numpy batches to JAX.
+
+Each host reads its own files (`files[process_index::process_count]`), interleaves them, cuts
+windows of `clip_len` frames taken every `frame_stride` source frames (a new window every `hop`
+frames of a record), decodes only those frames, resizes to `size`, shuffles, batches to the per-host
+batch and prefetches. The order is a pure function of (seed, epoch), and the position
+{epoch, batch} can be saved and restored, so a resumed run sees exactly the batches the
+uninterrupted run would have. TensorFlow is kept off GPUs/TPUs.
+
+Batch dict (numpy): frames uint8 (B, T, H, W, 3); video_id (B,) bytes; clip_start (B,) int64 (source
+index of the window's first frame); and when the shards carry it and it is asked for: flow float32
+(B, T-1, H, W, 2) px and flow_valid bool (B, T-1, H, W) (frame_stride 1 only); tracks float32
+(B, N, T, 2) px, visible bool (B, N, T) and track_valid bool (B, N), padded to `max_tracks`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from refine_jax.data import shards
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    shard_dirs: Tuple[str, ...]
+    clip_len: int = 8
+    frame_stride: int = 1
+    hop: int = 0                     # window start step in source frames; 0 = clip_len * frame_stride
+    size: Optional[Tuple[int, int]] = None  # (H, W) bilinear resize; None keeps the stored size
+    batch_size: int = 1              # per host
+    shuffle: bool = True
+    shuffle_buffer: int = 64
+    seed: int = 0
+    epochs: Optional[int] = None     # None repeats forever
+    with_flow: bool = False
+    max_tracks: int = 0              # >0: output tracks padded/truncated to this many
+    checksum: bool = True            # verify shard sha256 against the manifest before reading
+    drop_remainder: bool = True
+
+
+def host_files(files: Sequence[str], process_index: int, process_count: int) -> List[str]:
+    """This host's share of the files: every process_count-th, starting at process_index."""
+    if len(files) < process_count:
+        raise ValueError(f"{len(files)} shard files cannot be split over {process_count} hosts; "
+                         f"write more shards (smaller max_shard_bytes)")
+    return list(files)[process_index::process_count]
+
+
+def _windows(cfg: PipelineConfig):
+    """A tf function: one parsed record -> a dataset of its windows (decoded, resized)."""
+    tf = shards._tf()
+    span = (cfg.clip_len - 1) * cfg.frame_stride + 1
+    hop = cfg.hop or cfg.clip_len * cfg.frame_stride
+
+    def fn(rec):
+        n = tf.shape(rec["frames"])[0]
+        starts = tf.range(0, tf.maximum(n - span + 1, 0), hop)
+        return tf.data.Dataset.from_tensor_slices(starts).map(lambda s: _cut(rec, s, cfg))
+    return fn
+
+
+def _cut(rec, start, cfg: PipelineConfig):
+    tf = shards._tf()
+    idx = start + tf.range(cfg.clip_len) * cfg.frame_stride
+    h, w = tf.cast(rec["height"], tf.int32), tf.cast(rec["width"], tf.int32)
+    frames = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
+                       tf.gather(rec["frames"], idx), fn_output_signature=tf.uint8)
+    frames = tf.ensure_shape(frames, [cfg.clip_len, None, None, 3])
+    out = {"video_id": rec["video_id"],
+           "clip_start": rec["clip_start"] + tf.cast(start, tf.int64) * rec["frame_stride"]}
+    sy = sx = None
+    if cfg.size is not None:
+        sy = cfg.size[0] / tf.cast(h, tf.float32)
+        sx = cfg.size[1] / tf.cast(w, tf.float32)
+        frames = tf.cast(tf.round(tf.clip_by_value(
+            tf.image.resize(tf.cast(frames, tf.float32), cfg.size, "bilinear"), 0, 255)), tf.uint8)
+    out["frames"] = frames
+    if cfg.with_flow:
+        if cfg.frame_stride != 1:
+            raise ValueError("ground-truth flow is stored for consecutive frames; use frame_stride=1")
+        pidx = start + tf.range(cfg.clip_len - 1)
+        half = tf.equal(rec["flow_dtype"], "float16")
+
+        def decode_flow(b):
+            f = tf.cond(half, lambda: tf.cast(tf.io.decode_raw(b, tf.float16), tf.float32),
+                        lambda: tf.io.decode_raw(b, tf.float32))
+            return tf.reshape(f, [h, w, 2])
+        flow = tf.map_fn(decode_flow, tf.gather(rec["flow"], pidx), fn_output_signature=tf.float32)
+        valid = tf.map_fn(lambda b: tf.reshape(tf.io.decode_raw(b, tf.uint8), [h, w]),
+                          tf.gather(rec["flow_valid"], pidx), fn_output_signature=tf.uint8)
+        if cfg.size is not None:
+            flow = tf.image.resize(flow, cfg.size, "bilinear") * tf.stack([sx, sy])
+            valid = tf.image.resize(valid[..., None], cfg.size, "nearest")[..., 0]
+        out["flow"], out["flow_valid"] = flow, valid > 0
+    if cfg.max_tracks:
+        n = tf.cast(rec["num_tracks"], tf.int32)
+        t_all = tf.cast(rec["num_frames"], tf.int32)
+        tracks = tf.reshape(tf.io.decode_raw(rec["tracks"], tf.float32), [n, t_all, 2])
+        vis = tf.reshape(tf.io.decode_raw(rec["visible"], tf.uint8), [n, t_all])
+        tracks, vis = tf.gather(tracks, idx, axis=1), tf.gather(vis, idx, axis=1) > 0
+        if cfg.size is not None:  # half-pixel resize: x' = (x + 0.5) * sx - 0.5
+            tracks = (tracks + 0.5) * tf.stack([sx, sy]) - 0.5
+        k = tf.minimum(n, cfg.max_tracks)
+        pad = cfg.max_tracks - k
+        out["tracks"] = tf.pad(tracks[:k], [[0, pad], [0, 0], [0, 0]])
+        out["visible"] = tf.pad(vis[:k], [[0, pad], [0, 0]])
+        out["track_valid"] = tf.pad(tf.ones([k], tf.bool), [[0, pad]])
+    return out
+
+
+class ClipIterator:
+    """Deterministic, resumable iterator of numpy batches over shard folders.
+
+    `state()` returns {'epoch', 'batch'} (batches already handed out in that epoch);
+    `ClipIterator(cfg, state=...)` continues from there.
+    """
+
+    def __init__(self, cfg: PipelineConfig, state: Optional[Dict[str, int]] = None,
+                 process_index: Optional[int] = None, process_count: Optional[int] = None):
+        import jax
+        self.cfg = cfg
+        files = []
+        for d in cfg.shard_dirs:
+            files.extend(shards.verify_shards(d, cfg.checksum))
+        pi = jax.process_index() if process_index is None else process_index
+        pc = jax.process_count() if process_count is None else process_count
+        self.files = host_files(sorted(files), pi, pc)
+        self.epoch = int((state or {}).get("epoch", 0))
+        self.batch = int((state or {}).get("batch", 0))
+        self._it: Optional[Iterator] = None
+
+    def state(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def _dataset(self, epoch: int):
+        tf = shards._tf()
+        cfg = self.cfg
+        files = list(self.files)
+        if cfg.shuffle:
+            np.random.default_rng([cfg.seed, epoch]).shuffle(files)
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(shards.parse_example_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.interleave(_windows(cfg), cycle_length=1, deterministic=True)
+        if cfg.shuffle:
+            ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch,
+                            reshuffle_each_iteration=False)
+        ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+        opts = tf.data.Options()
+        opts.deterministic = True
+        ds = ds.with_options(opts)
+        return ds.prefetch(2)
+
+    def _start_epoch(self):
+        tf = shards._tf()
+        ds = self._dataset(self.epoch)
+        if self.batch:
+            ds = ds.skip(self.batch)
+        self._it = iter(ds.as_numpy_iterator())
+        self._tf_errors = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Dict[str, np.ndarray]:
+        while True:
+            if self.cfg.epochs is not None and self.epoch >= self.cfg.epochs:
+                raise StopIteration
+            if self._it is None:
+                self._start_epoch()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+                continue
+            except self._tf_errors as e:
+                raise shards.ShardError(
+                    f"a shard of this host ({', '.join(self.files)}) is corrupt: "
+                    f"{e.message.splitlines()[0]}") from None
+            self.batch += 1
+            return batch
