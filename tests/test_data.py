@@ -189,8 +189,9 @@ def test_synthetic_target_domain_is_harder(tmp_path):
     src = synthetic.render_video(synthetic.PRESETS["source"], 1, 6, 64, 80)
     tgt = synthetic.render_video(synthetic.PRESETS["target"], 1, 6, 64, 80)
     assert np.linalg.norm(tgt.flow, axis=-1).mean() > 2 * np.linalg.norm(src.flow, axis=-1).mean()
-    m = synthetic.write_dataset(str(tmp_path), "target", videos=2, frames=4, size=(32, 40), tracks=8,
-                                progress=False)
-    assert m["records"] == 2 and m["preset"] == "target"
+    synthetic.main(["--preset=target", f"--out={tmp_path}", "--videos=2", "--frames=4", "--size=32,40",
+                    "--tracks=8"])
+    m = shards.load_manifest(str(tmp_path))
+    assert m["records"] == 2 and m["preset"] == "target" and m["frames"] == 8
     clips = list(shards.read_clips(str(tmp_path)))
     assert clips[0].tracks.shape == (8, 4, 2) and clips[0].flow.shape == (3, 32, 40, 2)

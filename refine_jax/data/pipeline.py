@@ -144,7 +144,7 @@ class ClipIterator:
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.map(shards.parse_example_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.interleave(_windows(cfg), cycle_length=1, deterministic=True)
+        ds = ds.flat_map(_windows(cfg))
         if cfg.shuffle:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch,
                             reshuffle_each_iteration=False)
