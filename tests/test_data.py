@@ -195,3 +195,15 @@ def test_synthetic_target_domain_is_harder(tmp_path):
     assert m["records"] == 2 and m["preset"] == "target" and m["frames"] == 8
     clips = list(shards.read_clips(str(tmp_path)))
     assert clips[0].tracks.shape == (8, 4, 2) and clips[0].flow.shape == (3, 32, 40, 2)
+
+
+def test_synthetic_textures_from_an_image_folder(tmp_path):
+    from PIL import Image
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+            tmp_path / f"t{i}.jpg")
+    cfg = synthetic.DomainConfig(textures=("images",), texture_dir=str(tmp_path), layers=2)
+    clip = synthetic.render_video(cfg, 0, 3, 32, 40)
+    assert clip.frames.shape == (3, 32, 40, 3) and clip.frames.std() > 5
+    with pytest.raises(ValueError, match="needs DomainConfig.texture_dir"):
+        synthetic.render_video(synthetic.DomainConfig(textures=("images",)), 0, 2, 16, 16)
