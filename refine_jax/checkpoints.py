@@ -59,6 +59,18 @@ def save_model(out_dir, cfg, variables, provenance: dict) -> None:
     tmp.rename(out)
 
 
+def fingerprint(path) -> str:
+    """sha256 of a checkpoint: of the file, or of every file of a folder (names and bytes, sorted)."""
+    import hashlib
+    p = epath.Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def load_model(path) -> LoadedModel:
     """Load a model checkpoint folder or an official `.pth` file."""
     p = epath.Path(path)

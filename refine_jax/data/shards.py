@@ -100,7 +100,7 @@ def clip_to_example(clip: Clip, fmt: str = "png", flow_dtype: str = "float32") -
                    query_points=b(np.asarray(q, "<f4").tobytes()))
     ex = tf.train.SequenceExample(context=tf.train.Features(feature=ctx),
                                   feature_lists=tf.train.FeatureLists(feature_list=seq))
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)  # sorted map keys: reproducible bytes and sha256
 
 
 def parse_example_tf(serialized):
@@ -265,12 +265,17 @@ def verify_shards(shard_dir: str, checksum: bool = True) -> List[str]:
     return paths
 
 
+def read_file(path: str) -> Iterator[Clip]:
+    """Every clip of one shard file, decoded to numpy; a corrupt file is named in the error."""
+    tf = _tf()
+    try:
+        for rec in tf.data.TFRecordDataset(path):
+            yield decode_record(parse_example_tf(rec))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise ShardError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]})") from None
+
+
 def read_clips(shard_dir: str, checksum: bool = True) -> Iterator[Clip]:
     """Every clip of a shard folder, in file order, decoded to numpy (for tools and tests)."""
-    tf = _tf()
     for path in verify_shards(shard_dir, checksum):
-        try:
-            for rec in tf.data.TFRecordDataset(path):
-                yield decode_record(parse_example_tf(rec))
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise ShardError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]})") from None
+        yield from read_file(path)

@@ -1,0 +1,366 @@
+"""The `label` stage: run the frozen model over video shards and keep what passes the cycle check.
+
+RAFT: every consecutive pair of every clip; forward and backward flow in one jitted, mesh-sharded
+call; label = forward flow, valid = the flow cycle check (labels/cycle.py).
+PIPs: 8-frame windows of every clip; queries on a grid, plus dense windows around the clip's
+ground-truth points when it has them; forward and backward (time-reversed, from the forward end
+point) tracks in one call; keep tracks consistent within tau px at every frame; then re-balance by
+speed. Labels carry the forward track's visibility.
+
+Output (`WORKDIR/labels/`): one label shard per input shard, in the video-clip schema of
+data/shards.py (a flow label is a 2-frame clip with `flow` and `flow_valid`; a track label is an
+8-frame clip with `tracks`, `visible` and `query_points`), and `manifest.json` with the shards, the
+labelling config, the model fingerprint, counts and yield statistics, and, when the inputs carry
+ground truth, the error of the kept labels against it next to the error of all estimates.
+A shard counts as done once its stats file exists (written after the shard was renamed into place),
+so an interrupted run redoes only unfinished shards and never leaves a finished-looking partial one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from refine_jax import checkpoints, parallel
+from refine_jax.data import shards
+from refine_jax.labels import cycle
+from refine_jax.models.pips import Pips, PipsConfig
+from refine_jax.models.raft import RAFT, RAFTConfig, pad_images, unpad, check_image_size
+
+FLOW_SPEED_BINS = (1.0, 4.0, 16.0, 64.0)  # |flow| px
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """Labelling settings (config.label). Flow: alpha, beta, color_thresh, max_flow. Tracks: tau,
+    grid (points per side), densify_window (0 = off), use_gt_points, window_hop, stride, speed_bins
+    (px/frame), cap_per_bin (0 = no cap), min_speed, max_queries (padded query count per window)."""
+    out: str = "labels"
+    batch: int = 8
+    iters: int = 0             # 0: the model's reference count (RAFT 32, PIPs 6)
+    alpha: float = 0.002
+    beta: float = 0.1
+    color_thresh: float = 0.005
+    max_flow: float = 400.0
+    tau: float = 3.0
+    grid: int = 16
+    densify_window: int = 0
+    use_gt_points: bool = True
+    window_hop: int = 8
+    stride: int = 4
+    speed_bins: Tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    cap_per_bin: int = 0
+    min_speed: float = 0.0
+    max_queries: int = 512
+    num_devices: int = 0       # 0: all devices
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, c) -> "LabelConfig":
+        d = dict(c) if c is not None else {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown label settings: {', '.join(sorted(unknown))}")
+        if "speed_bins" in d:
+            d["speed_bins"] = tuple(d["speed_bins"])
+        return cls(**d)
+
+
+def _add(stats: dict, key: str, value) -> None:
+    stats[key] = stats.get(key, 0) + value
+
+
+def _merge(into: dict, other: dict) -> None:
+    for k, v in other.items():
+        if isinstance(v, dict):
+            _merge(into.setdefault(k, {}), v)
+        else:
+            into[k] = into.get(k, 0) + v
+
+
+# ------------------------------------------------------------------------------------------ flow
+
+class FlowLabeler:
+    """Forward + backward RAFT and the flow check, jitted and sharded over the batch of pairs."""
+
+    def __init__(self, cfg: RAFTConfig, variables, lc: LabelConfig, mesh):
+        self.variables, self.lc, self.mesh = variables, lc, mesh
+        iters = lc.iters or 32
+        model = RAFT(cfg)
+        check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow)
+
+        def fn(variables, im1, im2):
+            p1, lrtb = pad_images(im1.astype(jnp.float32))
+            p2, _ = pad_images(im2.astype(jnp.float32))
+            out = model.apply(variables, jnp.concatenate([p1, p2]), jnp.concatenate([p2, p1]), iters=iters)
+            flows = unpad(out["flow_up"], lrtb)
+            fw, bw = jnp.split(flows, 2)
+            valid, cyc, _ = cycle.flow_cycle_check(fw, bw, im1, im2, check)
+            return fw, valid, cyc
+
+        b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+        self.fn = jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b))
+
+    def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
+        t, h, w = clip.frames.shape[:3]
+        check_image_size(h, w, f"frames of {clip.video_id}")
+        pairs = list(range(t - 1))
+        bs = parallel.padded_size(min(self.lc.batch, len(pairs)), self.mesh)
+        for k in range(0, len(pairs), bs):
+            idx = pairs[k:k + bs]
+            im1 = parallel.pad_batch(clip.frames[idx], bs)
+            im2 = parallel.pad_batch(clip.frames[[i + 1 for i in idx]], bs)
+            fw, valid, _ = (np.asarray(x)[:len(idx)] for x in self.fn(self.variables, im1, im2))
+            for j, i in enumerate(idx):
+                self._stats(stats, clip, i, fw[j], valid[j])
+                yield shards.Clip(clip.video_id, clip.frames[i:i + 2],
+                                  clip_start=clip.clip_start + i * clip.frame_stride,
+                                  frame_stride=clip.frame_stride, fps=clip.fps,
+                                  flow=fw[j][None], flow_valid=valid[j][None])
+
+    @staticmethod
+    def _stats(stats, clip, i, fw, valid):
+        n, kept = valid.size, int(valid.sum())
+        _add(stats, "samples", 1)
+        _add(stats, "total", n)
+        _add(stats, "kept", kept)
+        v = stats.setdefault("per_video", {}).setdefault(clip.video_id, {})
+        _add(v, "total", n)
+        _add(v, "kept", kept)
+        mag = np.linalg.norm(fw, axis=-1)
+        edges = (0.0, *FLOW_SPEED_BINS, np.inf)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = (mag >= lo) & (mag < hi)
+            b = stats.setdefault("per_speed_bin", {}).setdefault(f"[{lo:g},{hi:g})", {})
+            _add(b, "total", int(sel.sum()))
+            _add(b, "kept", int((sel & valid).sum()))
+        if clip.flow is not None:
+            gt_ok = clip.flow_valid[i] if clip.flow_valid is not None else np.ones_like(valid)
+            epe = np.linalg.norm(fw - clip.flow[i], axis=-1)
+            g = stats.setdefault("gt", {})
+            _add(g, "all_sum", float(epe[gt_ok].sum()))
+            _add(g, "all_n", int(gt_ok.sum()))
+            _add(g, "kept_sum", float(epe[gt_ok & valid].sum()))
+            _add(g, "kept_n", int((gt_ok & valid).sum()))
+
+
+# ------------------------------------------------------------------------------------------ tracks
+
+class TrackLabeler:
+    """Forward + time-reversed PIPs on 8-frame windows and the all-frames track check."""
+
+    def __init__(self, cfg: PipsConfig, variables, lc: LabelConfig, mesh):
+        self.cfg = dataclasses.replace(cfg, stride=lc.stride)
+        self.variables, self.lc, self.mesh = variables, lc, mesh
+        self.rng = np.random.default_rng(lc.seed)
+        iters = lc.iters or 6
+        model = Pips(self.cfg)
+
+        def fn(variables, frames, xys, tau):
+            fmaps = model.apply(variables, frames, method=Pips.encode)  # reversed clip: reversed fmaps
+            fwd = model.apply(variables, fmaps, xys, iters, method=Pips.track)
+            bwd = model.apply(variables, fmaps[:, ::-1], fwd["coords"][:, -1], iters, method=Pips.track)
+            keep, err = cycle.track_cycle_check(fwd["coords"], bwd["coords"][:, ::-1], tau)
+            return fwd["coords"], jax.nn.sigmoid(fwd["vis_logits"]) > 0.5, keep, err
+
+        b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+        jitted = jax.jit(fn, in_shardings=(r, b, b, r), out_shardings=(b, b, b, b))
+        self.fn = lambda v, frames, xys: jitted(v, frames, xys, jnp.float32(lc.tau))
+
+    def _queries(self, clip, start, h, w):
+        """(max_queries, 2) padded queries, their count, and how many leading ones are GT points."""
+        lc = self.lc
+        parts, n_gt = [], 0
+        if lc.use_gt_points and clip.tracks is not None:
+            vis0 = clip.visible[:, start]
+            gt = clip.tracks[vis0, start]
+            inside = (gt[:, 0] >= 0) & (gt[:, 0] <= w - 1) & (gt[:, 1] >= 0) & (gt[:, 1] <= h - 1)
+            gt = gt[inside]
+            parts.append(gt)
+            n_gt = len(gt)
+            if lc.densify_window:
+                parts.append(cycle.densify(gt, lc.densify_window, h, w))
+        if lc.grid:
+            parts.append(cycle.grid_points(h, w, lc.grid))
+        q = np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
+        if n_gt < len(q):  # deduplicate the rest, keep GT points first and in order
+            rest = np.unique(q[n_gt:], axis=0)
+            q = np.concatenate([q[:n_gt], rest])
+        if len(q) > lc.max_queries:
+            q = q[:lc.max_queries]
+            n_gt = min(n_gt, lc.max_queries)
+        n = len(q)
+        pad = np.zeros((lc.max_queries, 2), np.float32)
+        pad[:n] = q
+        if n:
+            pad[n:] = q[0]
+        return pad, n, n_gt
+
+    def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
+        s = self.cfg.S
+        t, h, w = clip.frames.shape[:3]
+        starts = list(range(0, t - s + 1, self.lc.window_hop))
+        if not starts:
+            _add(stats, "short_clips_skipped", 1)
+            return
+        bs = parallel.padded_size(min(self.lc.batch, len(starts)), self.mesh)
+        for k in range(0, len(starts), bs):
+            ws = starts[k:k + bs]
+            qs = [self._queries(clip, st, h, w) for st in ws]
+            frames = parallel.pad_batch(np.stack([clip.frames[st:st + s] for st in ws]), bs)
+            xys = parallel.pad_batch(np.stack([q for q, _, _ in qs]), bs)
+            coords, vis, keep, err = (np.asarray(x)[:len(ws)] for x in self.fn(self.variables, frames, xys))
+            for j, st in enumerate(ws):
+                _, n, n_gt = qs[j]
+                tracks = coords[j].transpose(1, 0, 2)[:n]          # (n, S, 2)
+                kept = np.nonzero(keep[j][:n])[0]
+                self._gt_stats(stats, clip, st, tracks, keep[j][:n], n_gt)
+                chosen = kept[cycle.rebalance(tracks[kept], self.lc.speed_bins, self.lc.cap_per_bin,
+                                              self.lc.min_speed, self.rng)] if len(kept) else kept
+                _add(stats, "samples", 1)
+                _add(stats, "total", n)
+                _add(stats, "kept", len(kept))
+                _add(stats, "written", len(chosen))
+                v = stats.setdefault("per_video", {}).setdefault(clip.video_id, {})
+                _add(v, "total", n)
+                _add(v, "kept", len(kept))
+                _add(v, "written", len(chosen))
+                hist_all = cycle.speed_histogram(tracks, self.lc.speed_bins)
+                hist_kept = cycle.speed_histogram(tracks[kept], self.lc.speed_bins)
+                for key in hist_all:
+                    b = stats.setdefault("per_speed_bin", {}).setdefault(key, {})
+                    _add(b, "total", hist_all[key])
+                    _add(b, "kept", hist_kept[key])
+                if len(chosen) == 0:
+                    continue
+                tr = tracks[chosen].astype(np.float32)
+                yield shards.Clip(clip.video_id, clip.frames[st:st + s],
+                                  clip_start=clip.clip_start + st * clip.frame_stride,
+                                  frame_stride=clip.frame_stride, fps=clip.fps, tracks=tr,
+                                  visible=vis[j].T[:n][chosen],
+                                  query_points=np.concatenate([np.zeros((len(tr), 1)), tr[:, 0]], -1))
+
+    @staticmethod
+    def _gt_stats(stats, clip, st, tracks, keep, n_gt):
+        if not n_gt:
+            return
+        s = tracks.shape[1]
+        vis0 = clip.visible[:, st]
+        gt = clip.tracks[vis0][:, st:st + s]
+        gvis = clip.visible[vis0][:, st:st + s]
+        inside = (gt[:, 0, 0] >= 0) & (gt[:, 0, 0] <= clip.frames.shape[2] - 1) & \
+                 (gt[:, 0, 1] >= 0) & (gt[:, 0, 1] <= clip.frames.shape[1] - 1)
+        gt, gvis = gt[inside][:n_gt], gvis[inside][:n_gt]
+        err = np.linalg.norm(tracks[:n_gt] - gt, axis=-1)          # (n_gt, S)
+        m = gvis.copy()
+        m[:, 0] = False                                           # the query frame is pinned
+        g = stats.setdefault("gt", {})
+        _add(g, "all_sum", float(err[m].sum()))
+        _add(g, "all_n", int(m.sum()))
+        km = m & keep[:n_gt, None]
+        _add(g, "kept_sum", float(err[km].sum()))
+        _add(g, "kept_n", int(km.sum()))
+        _add(g, "points", int(n_gt))
+        _add(g, "points_kept", int(keep[:n_gt].sum()))
+
+
+# ------------------------------------------------------------------------------------------ stage
+
+def _summary(stats: dict) -> dict:
+    out = dict(stats)
+    if stats.get("total"):
+        out["yield"] = stats["kept"] / stats["total"]
+    g = stats.get("gt")
+    if g and g.get("all_n"):
+        out["gt_error_all"] = g["all_sum"] / g["all_n"]
+        out["gt_error_kept"] = g["kept_sum"] / max(g["kept_n"], 1)
+    return out
+
+
+def _video_dirs(videos) -> List[str]:
+    if isinstance(videos, str):
+        return [v for v in videos.split(",") if v]
+    return list(videos)
+
+
+def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
+    """Label every input shard into WORKDIR/<label.out>; returns the manifest."""
+    from tqdm import tqdm
+    lc = LabelConfig.from_config(config.get("label"))
+    init = init or config.init
+    loaded = checkpoints.load_model(init)
+    mesh = parallel.make_mesh(lc.num_devices or None)
+    labeler = (FlowLabeler if isinstance(loaded.cfg, RAFTConfig) else TrackLabeler)(
+        loaded.cfg, loaded.variables, lc, mesh)
+    inputs = []
+    for d in _video_dirs(config.data.videos):
+        inputs.extend(shards.verify_shards(d, checksum=True))
+    out_dir = os.path.join(workdir, lc.out)
+    os.makedirs(out_dir, exist_ok=True)
+    start, done_records = time.time(), 0
+    bar = tqdm(inputs, desc=f"label ({loaded.arch})", unit="shard", disable=not progress)
+    per_shard = []
+    for path in bar:
+        stem = os.path.basename(path).removesuffix(".tfrecord")
+        final = os.path.join(out_dir, f"{stem}.labels.tfrecord")
+        stats_path = os.path.join(out_dir, f".{stem}.stats.json")
+        if os.path.exists(stats_path) and os.path.exists(final):
+            per_shard.append(json.load(open(stats_path)))
+            continue
+        tmp = f"{final}.tmp"
+        stats: dict = {}
+        records = 0
+        tf = shards._tf()
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for clip in shards.read_file(path):
+                for label in labeler.label_clip(clip, stats):
+                    writer.write(shards.clip_to_example(label, "png"))
+                    records += 1
+                done_records += 1
+                bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
+        os.replace(tmp, final)
+        entry = {"file": os.path.basename(final), "records": records, "bytes": os.path.getsize(final),
+                 "sha256": shards.sha256_file(final), "source": os.path.basename(path), "stats": stats}
+        shards.write_json_atomic(stats_path, entry)
+        per_shard.append(entry)
+    total: dict = {}
+    for e in per_shard:
+        _merge(total, e["stats"])
+    manifest = {"schema": shards.SCHEMA, "name": "labels", "kind": "flow" if isinstance(loaded.cfg, RAFTConfig) else "tracks",
+                "files": [{k: e[k] for k in ("file", "records", "bytes", "sha256", "source")} for e in per_shard],
+                "records": sum(e["records"] for e in per_shard),
+                "label_config": dataclasses.asdict(lc), "model": os.path.abspath(init),
+                "model_sha256": checkpoints.fingerprint(init), "model_arch": loaded.arch,
+                "stats": _summary(total)}
+    shards.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), manifest)
+    return manifest
+
+
+def main(argv=None) -> int:
+    """`python -m refine_jax.labels.generate --init=CKPT --videos=DIR[,DIR] --workdir=DIR
+    [--label='{"tau": 1.5, ...}']`: the label stage alone."""
+    import argparse
+    import ml_collections
+    p = argparse.ArgumentParser(prog="python -m refine_jax.labels.generate", description=main.__doc__)
+    p.add_argument("--init", required=True)
+    p.add_argument("--videos", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--label", default="{}", help="JSON of label settings")
+    a = p.parse_args(argv)
+    cfg = ml_collections.ConfigDict({"init": a.init, "data": {"videos": a.videos},
+                                     "label": json.loads(a.label)})
+    m = run(cfg, a.workdir)
+    print(json.dumps(m["stats"], indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

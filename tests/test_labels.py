@@ -1,0 +1,109 @@
+"""The label stage: sharded equals single-device, resume after SIGKILL, statistics against GT."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+from refine_jax.data import shards, synthetic
+from refine_jax.labels import generate
+
+LOOSE = {"alpha": 0.5, "beta": 10.0, "color_thresh": 1.0, "iters": 3}  # random weights: keep most
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    with shards.ShardWriter(str(d), "vid", max_shard_bytes=150_000) as w:
+        for i in range(4):
+            w.write_clip(synthetic.render_video(synthetic.PRESETS["target"], i, 3, 128, 136, 8,
+                                                video_id=f"v{i}"))
+    assert len(w.manifest["files"]) >= 3
+    return str(d)
+
+
+def _cfg(init, videos, **label):
+    return ml_collections.ConfigDict({"init": init, "data": {"videos": videos}, "label": label})
+
+
+def _outputs(workdir):
+    d = os.path.join(workdir, "labels")
+    files = sorted(f for f in os.listdir(d) if f.endswith(".tfrecord"))
+    return {f: open(os.path.join(d, f), "rb").read() for f in files}, json.load(open(os.path.join(d, "manifest.json")))
+
+
+def test_eight_devices_give_the_single_device_labels(recipe_pth, videos, tmp_path):
+    out = {}
+    for n in (1, 8):
+        generate.run(_cfg(recipe_pth("raft_small"), videos, num_devices=n, batch=8, **LOOSE),
+                     str(tmp_path / f"w{n}"), progress=False)
+        out[n] = _outputs(str(tmp_path / f"w{n}"))
+    assert out[1][0] == out[8][0]  # label shards byte for byte (flows, masks, frames)
+    m = out[8][1]
+    assert m["stats"]["samples"] == 8 and 0 < m["stats"]["kept"] < m["stats"]["total"]
+    labels = list(shards.read_clips(str(tmp_path / "w8" / "labels")))
+    assert len(labels) == 8 and labels[0].flow.shape == (1, 128, 136, 2) and labels[0].flow_valid.any()
+
+
+def test_resume_after_kill_equals_uninterrupted(recipe_pth, videos, tmp_path):
+    label = json.dumps({"num_devices": 1, **LOOSE})
+    args = [sys.executable, "-m", "refine_jax.labels.generate", f"--init={recipe_pth('raft_small')}",
+            f"--videos={videos}", f"--label={label}"]
+    # every leg runs as its own process: XLA:CPU rounds differently with 8 fake devices (pytest)
+    subprocess.run(args + [f"--workdir={tmp_path / 'ref'}"], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + [f"--workdir={killed}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        lab = killed / "labels"
+        if lab.exists() and any(f.endswith(".stats.json") for f in os.listdir(lab)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    names = os.listdir(killed / "labels")
+    assert "manifest.json" not in names
+    assert sum(f.endswith(".stats.json") for f in names) < 3  # it really stopped mid-run
+    subprocess.run(args + [f"--workdir={killed}"], check=True, capture_output=True)
+    assert not [f for f in os.listdir(killed / "labels") if f.endswith(".tmp")]
+    assert _outputs(str(killed)) == _outputs(str(tmp_path / "ref"))
+
+
+def test_flow_statistics_against_ground_truth(recipe_pth, videos, tmp_path):
+    m = generate.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE), str(tmp_path), progress=False)
+    s = m["stats"]
+    assert s["gt"]["all_n"] > 0 and s["gt_error_all"] > 0
+    assert sum(v["total"] for v in s["per_video"].values()) == s["total"]
+    assert sum(v["total"] for v in s["per_speed_bin"].values()) == s["total"]
+    assert m["model_sha256"] and m["label_config"]["alpha"] == 0.5 and m["kind"] == "flow"
+    # the recorded errors are those of the written labels against the source ground truth
+    src = [c for c in shards.read_clips(videos)]
+    lab = list(shards.read_clips(str(tmp_path / "labels")))
+    gt = np.concatenate([c.flow[i][c.flow_valid[i]] for c in src for i in range(2)])
+    est = np.concatenate([l.flow[0][src[k // 2].flow_valid[k % 2]] for k, l in enumerate(lab)])
+    np.testing.assert_allclose(s["gt_error_all"], np.linalg.norm(est - gt, axis=-1).mean(), rtol=1e-4)
+
+
+def test_track_labels(recipe_pth, tmp_path):
+    d = tmp_path / "vid"
+    synthetic.write_dataset(str(d), "source", videos=1, frames=8, size=(128, 128), tracks=12,
+                            progress=False)
+    m = generate.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
+                          max_queries=64, tau=1e6, batch=1),
+                     str(tmp_path / "w"), progress=False)
+    s = m["stats"]
+    assert m["kind"] == "tracks" and s["samples"] == 1 and s["kept"] == s["total"] == s["written"]
+    assert s["gt"]["points"] > 0 and s["gt_error_all"] == pytest.approx(s["gt_error_kept"])
+    (lab,) = shards.read_clips(str(tmp_path / "w" / "labels"))
+    assert lab.tracks.shape == (s["written"], 8, 2) and lab.frames.shape == (8, 128, 128, 3)
+    np.testing.assert_allclose(lab.query_points[:, 1:], lab.tracks[:, 0])
+    m2 = generate.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
+                           max_queries=64, tau=1e-3, batch=1), str(tmp_path / "w2"), progress=False)
+    assert m2["stats"]["kept"] == 0 and m2["records"] == 0  # nothing consistent within 1e-3 px
