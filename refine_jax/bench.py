@@ -4,6 +4,7 @@
   python -m refine_jax.bench raft [--repeats=3]
   python -m refine_jax.bench pips [--repeats=3]
   python -m refine_jax.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
+  python -m refine_jax.bench label  (labelled pairs/s and clips/s against one forward pass)
 
 Compile time is reported separately from the steady-state time per call.
 """
@@ -101,14 +102,48 @@ def bench_data(repeats: int) -> None:
                   f"{os.cpu_count()} CPUs)", flush=True)
 
 
+def bench_label(repeats: int) -> None:
+    """Labelled pairs/s (RAFT large, 368x496, 32 iters: forward + backward + checks in one call)
+    against one forward pass, and PIPs label clips/s (8x368x496, 256 queries, stride 4)."""
+    from refine_jax import parallel
+    from refine_jax.labels.generate import FlowLabeler, LabelConfig, TrackLabeler
+    from refine_jax.models.pips import Pips, PipsConfig
+    from refine_jax.models.raft import RAFT, RAFTConfig
+
+    rng = np.random.default_rng(0)
+    mesh = parallel.make_mesh(1)
+    im = rng.uniform(0, 255, (2, 1, 368, 496, 3)).astype(np.float32)
+    model = RAFT(RAFTConfig())
+    v = jax.jit(lambda: model.init(jax.random.PRNGKey(0), im[0], im[1], iters=1))()
+    fwd = jax.jit(lambda v, a, b: model.apply(v, a, b, iters=32)["flow_up"])
+    _, t_fwd, _ = time_call(fwd, v, im[0], im[1], repeats=repeats)
+    lab = FlowLabeler(RAFTConfig(), v, LabelConfig(batch=1), mesh)
+    c, t_lab, ts = time_call(lab.fn, v, im[0], im[1], repeats=repeats)
+    print(f"label flow RAFT 368x496 32 it: {t_lab:.3f} s/pair = {1 / t_lab:.3f} pairs/s "
+          f"(compile {c:.1f} s); one forward {t_fwd:.3f} s; ratio {t_lab / t_fwd:.2f}x (goal <= 2.2x)",
+          flush=True)
+    frames = rng.uniform(0, 255, (1, 8, 368, 496, 3)).astype(np.float32)
+    xys = np.stack([rng.uniform(0, 495, 256), rng.uniform(0, 367, 256)], -1)[None].astype(np.float32)
+    pcfg = PipsConfig(stride=4)
+    pm = Pips(pcfg)
+    pv = jax.jit(lambda: pm.init(jax.random.PRNGKey(0), xys, frames, iters=1))()
+    pf = jax.jit(lambda v, f, x: pm.apply(v, x, f, iters=6)["coords"])
+    _, t_pf, _ = time_call(pf, pv, frames, xys, repeats=repeats)
+    tl = TrackLabeler(pcfg, pv, LabelConfig(batch=1, stride=4), mesh)
+    c, t_pl, _ = time_call(jax.jit(lambda v, f, x: tl.fn(v, f, x)), pv, frames, xys, repeats=repeats)
+    print(f"label tracks PIPs 8x368x496 N=256 s4: {t_pl:.3f} s/clip = {1 / t_pl:.3f} clips/s "
+          f"(compile {c:.1f} s); one forward {t_pf:.3f} s; ratio {t_pl / t_pf:.2f}x", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m refine_jax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("raft", "pips", "data"))
+    p.add_argument("what", choices=("raft", "pips", "data", "label"))
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
-    {"raft": bench_raft, "pips": bench_pips, "data": bench_data}[args.what](args.repeats)
+    {"raft": bench_raft, "pips": bench_pips, "data": bench_data, "label": bench_label}[args.what](
+        args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Run a model on your own files.
 
   python -m refine_jax.infer flow --weights=DIR_OR_PTH --frames=DIR_OR_VIDEO --out=DIR \
-      [--iters=32] [--pairs=consecutive|first] [--pad_mode=sintel|kitti] [--warm_start]
+      [--iters=32] [--pairs=consecutive|first] [--pad_mode=sintel|kitti] [--warm_start] [--confidence]
 
   python -m refine_jax.infer tracks --weights=DIR_OR_PTH --video=FILE_OR_DIR --out=DIR \
       (--grid=N | --queries=FILE.npy) [--stride=4] [--iters=6]
 
 `flow` writes `flow_NNNNN.flo` (Middlebury, pixels) and `flow_NNNNN.png` (colour wheel) for each
-pair: (t, t+1) with --pairs=consecutive, (0, t) with --pairs=first. --weights is a checkpoint
+pair: (t, t+1) with --pairs=consecutive, (0, t) with --pairs=first. With --confidence it also writes
+`flow_NNNNN_cycle.npy` (normalised forward-backward error, <= 1 passes) and `flow_NNNNN_valid.png`
+(the pseudo-label mask of the label stage). --weights is a checkpoint
 folder (refine_jax.convert, a training run's export) or an original .pth.
 
 `tracks` runs PIPs chained over the whole video (8-frame windows re-anchored at confidently visible
@@ -56,6 +58,22 @@ def forward_interpolate(flow_low: np.ndarray) -> np.ndarray:
     return np.stack(out, -1).astype(np.float32)
 
 
+def write_confidence(stem: str, variables, flow_fn, image1, image2, flow_up) -> None:
+    """Backward flow and the cycle check of labels/cycle.py: `STEM_cycle.npy` (H, W) float32, the
+    normalised cycle error (<= 1 passes; lower is more confident) and `STEM_valid.png`, white
+    where the flow passes the forward-backward and colour checks."""
+    import jax.numpy as jnp
+    from refine_jax.labels import cycle
+    back, _ = flow_fn(variables, image2[None], image1[None])
+    valid, cyc, _ = cycle.flow_cycle_check(flow_up, back, jnp.asarray(image1[None], jnp.float32),
+                                           jnp.asarray(image2[None], jnp.float32))
+    tmp = f"{stem}_cycle.npy.tmp-{os.getpid()}.npy"
+    np.save(tmp, np.asarray(cyc[0], np.float32))
+    os.replace(tmp, f"{stem}_cycle.npy")
+    mask = np.asarray(valid[0], np.uint8) * 255
+    viz.save_png(f"{stem}_valid.png", np.repeat(mask[..., None], 3, -1))
+
+
 def run_flow(args) -> int:
     from refine_jax.models.raft import RAFTConfig, make_flow_fn
 
@@ -69,6 +87,9 @@ def run_flow(args) -> int:
     flow_init = None
     for i, (a, b) in enumerate(tqdm(pairs, desc="flow", unit="pair")):
         flow_up, flow_low = flow_fn(loaded.variables, video[a][None], video[b][None], flow_init)
+        if args.confidence:
+            write_confidence(os.path.join(args.out, f"flow_{i:05d}"), loaded.variables, flow_fn,
+                             video[a], video[b], flow_up)
         flow_up = np.asarray(flow_up[0])
         if args.warm_start and args.pairs == "consecutive":
             flow_init = forward_interpolate(np.asarray(flow_low[0]))[None]
@@ -160,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--pad_mode", default="sintel", choices=("sintel", "kitti"))
     f.add_argument("--warm_start", action="store_true",
                    help="initialise each pair from the previous pair's flow (consecutive pairs)")
+    f.add_argument("--confidence", action="store_true",
+                   help="also run the backward flow and write the cycle-consistency error and mask")
     f.set_defaults(run=run_flow)
     t = sub.add_parser("tracks", help="point tracks with chained PIPs")
     t.add_argument("--weights", required=True)

@@ -64,6 +64,17 @@ def test_flow_on_video(recipe_pth, frames3, tmp_path):
     assert all(f.shape == (224, 320, 2) and np.isfinite(f).all() for f in flows)
 
 
+def test_flow_confidence_outputs(recipe_pth, frames3, tmp_path):
+    folder = _write_pngs(tmp_path / "frames", frames3[:2])
+    out = tmp_path / "out"
+    assert infer.main(["flow", f"--weights={recipe_pth('raft_small')}", f"--frames={folder}",
+                       f"--out={out}", "--iters=3", "--confidence"]) == 0
+    cyc = np.load(out / "flow_00000_cycle.npy")
+    mask = np.asarray(Image.open(out / "flow_00000_valid.png"))[..., 0]
+    assert cyc.shape == mask.shape == (224, 320) and (cyc >= 0).all()
+    assert not mask[cyc > 1].any()  # a pixel failing the cycle test is never in the mask
+
+
 def test_bad_inputs_give_one_sentence(recipe_pth, frames3, tmp_path, capsys):
     weights = f"--weights={recipe_pth('raft_small')}"
     small = _write_pngs(tmp_path / "small", [np.zeros((100, 100, 3), np.uint8)] * 2)
