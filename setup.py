@@ -19,6 +19,7 @@ setup(
         "absl-py>=2.0",
         "etils[epath]>=1.7",
         "tensorflow-cpu>=2.16",
+        "tensorboard>=2.16",
         "av>=12",
         "pillow>=10",
         "tqdm>=4.60",

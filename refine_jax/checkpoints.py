@@ -59,6 +59,25 @@ def save_model(out_dir, cfg, variables, provenance: dict) -> None:
     tmp.rename(out)
 
 
+def init_model(out_dir, cfg, seed: int = 0) -> None:
+    """Save a randomly initialised model of `cfg` (Flax default initialisers) as a checkpoint."""
+    import jax
+    from refine_jax.convert import abstract_variables
+    from refine_jax.models import build_model
+    shapes = abstract_variables(cfg)  # a shape-only pass first, to build inputs of the right size
+    del shapes
+    model = build_model(cfg)
+    if cfg.arch == "pips":
+        from refine_jax.models.pips import example_inputs
+        args = example_inputs(cfg)
+    else:
+        import jax.numpy as jnp
+        x = jnp.zeros((1, 128, 128, 3), jnp.float32)
+        args = (x, x)
+    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), *args, iters=1))()
+    save_model(out_dir, cfg, jax.device_get(variables), {"source": "random init", "seed": seed})
+
+
 def fingerprint(path) -> str:
     """sha256 of a checkpoint: of the file, or of every file of a folder (names and bytes, sorted)."""
     import hashlib

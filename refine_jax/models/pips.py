@@ -194,6 +194,7 @@ def score_maps(pyramid, ffeats):
 class Pips(nn.Module):
     """PIPs with the official parameter names (fnet, delta_block, norm, ffeat_updater, vis_predictor)."""
     cfg: PipsConfig = PipsConfig()
+    unroll: int = 1  # scan unrolling (see RAFT.unroll)
 
     def setup(self):
         cfg = self.cfg
@@ -272,7 +273,8 @@ class Pips(nn.Module):
             out["coords"] = coords * cfg.stride
             return (coords, ffeats), out
 
-        scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, length=iters)
+        scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, length=iters,
+                       unroll=min(self.unroll, iters))
         (coords, ffeats), outs = scan(self, (coords, ffeats), None)
         result = {"coords": coords * cfg.stride, "coords_iters": outs["coords"],
                   "vis_logits": self.visibility(ffeats), "ffeat": ffeat, "ffeats": ffeats}

@@ -1,0 +1,288 @@
+"""The `train` stage: fine-tune RAFT or PIPs on (pseudo-)labels.
+
+One jitted, donated, mesh-sharded train step (batch split over 'data'; parameters replicated),
+AdamW with the reference schedules and global-norm clipping, gradient accumulation with
+optax.MultiSteps. Orbax CheckpointManager saves params, optimizer state, step, RNG and the data
+position every `save_every` steps and at the end, with the config and provenance; a run resumes
+from WORKDIR/checkpoints automatically. SIGTERM saves at the next step boundary and exits cleanly;
+a NaN or inf loss stops with an error naming the step. Metrics go to TensorBoard event files
+(WORKDIR/tensorboard) and a progress bar. At the end the trained model is exported as a model
+checkpoint folder (WORKDIR/model) that `infer`, `eval` and `label` read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from refine_jax import checkpoints, parallel
+from refine_jax.data import pipeline
+from refine_jax.models import build_model
+from refine_jax.models.pips import PipsConfig
+from refine_jax.models.raft import RAFTConfig
+from refine_jax.train import losses
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_schedule(tc) -> optax.Schedule:
+    """'onecycle': linear from lr/25 up to lr over the first 10% of `schedule_steps`, then linearly
+    down to lr/25/1e4 (PyTorch OneCycleLR, anneal 'linear'); 'cosine': lr * (1 + cos(pi t / T)) / 2
+    with T = `schedule_steps`; 'constant'. Counted in optimizer updates."""
+    lr, total = tc.lr, max(int(tc.schedule_steps or tc.steps), 1)
+    if tc.schedule == "onecycle":
+        warm = max(int(0.1 * total) - 1, 1)
+        return optax.join_schedules([optax.linear_schedule(lr / 25, lr, warm),
+                                     optax.linear_schedule(lr, lr / 25 / 1e4, total - warm)], [warm])
+    if tc.schedule == "cosine":
+        return lambda t: lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, total) / total))
+    if tc.schedule == "constant":
+        return optax.constant_schedule(lr)
+    raise ValueError(f"train.schedule must be 'onecycle', 'cosine' or 'constant', got {tc.schedule!r}")
+
+
+def make_optimizer(tc) -> optax.GradientTransformation:
+    tx = optax.chain(optax.clip_by_global_norm(tc.clip),
+                     optax.adamw(make_schedule(tc), b1=0.9, b2=0.999, eps=1e-8, weight_decay=tc.weight_decay))
+    if tc.grad_accum > 1:  # the mean over micro-batches (the reference sums them, method.md Q8)
+        tx = optax.MultiSteps(tx, every_k_schedule=tc.grad_accum)
+    return tx
+
+
+def _unroll(tc) -> int:
+    """Unroll the iterations when training on CPU (conv weight gradients inside an XLA:CPU loop
+    are ~20x slower); keep the loop on accelerators, where compile time matters more."""
+    return tc.iters if jax.default_backend() == "cpu" else 1
+
+
+def _raft_loss(model_cfg, tc, freeze_bn):
+    model = build_model(model_cfg, use_running_average=freeze_bn, unroll=_unroll(tc))
+
+    def loss(params, batch_stats, batch, rng):
+        frames = batch["frames"].astype(jnp.float32)
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        mutable = False if (freeze_bn or not batch_stats) else ["batch_stats"]
+        out = model.apply(variables, frames[:, 0], frames[:, 1], iters=tc.iters, all_flow_up=True,
+                          mutable=mutable)
+        out, upd = out if mutable else (out, {})
+        value = losses.raft_sequence_loss(out["flow_up_iters"], batch["flow"][:, 0], batch["flow_valid"][:, 0],
+                                          tc.gamma, tc.max_flow, tc.mask_mode)
+        epe = jnp.linalg.norm(out["flow_up"] - batch["flow"][:, 0], axis=-1)
+        v = batch["flow_valid"][:, 0]
+        metrics = {"loss": value, "epe": jnp.sum(epe * v) / jnp.maximum(jnp.sum(v), 1)}
+        return value, (metrics, upd.get("batch_stats", batch_stats))
+    return loss
+
+
+def _pips_loss(model_cfg, tc):
+    model = build_model(model_cfg, unroll=_unroll(tc))
+
+    def loss(params, batch_stats, batch, rng):
+        tracks = jnp.swapaxes(batch["tracks"], 1, 2)               # (B, S, N, 2)
+        visible = jnp.swapaxes(batch["visible"], 1, 2)
+        valid = jnp.broadcast_to(batch["track_valid"][:, None, :], visible.shape)
+        out = model.apply({"params": params}, tracks[:, 0], batch["frames"].astype(jnp.float32),
+                          iters=tc.iters, with_score_maps=tc.score_map_loss)
+        value = losses.pips_sequence_loss(out["coords_iters"], tracks, valid, tc.gamma)
+        if tc.score_map_loss:
+            value = value + losses.score_map_loss(out["score_maps"], tracks, visible, valid, model_cfg.stride)
+        if tc.vis_loss:
+            value = value + losses.visibility_loss(out["vis_logits"], visible, valid)
+        err = jnp.linalg.norm(out["coords"] - tracks, axis=-1)
+        metrics = {"loss": value, "track_error": losses.masked_mean(err, valid)}
+        return value, (metrics, batch_stats)
+    return loss
+
+
+def make_train_step(model_cfg, tc, tx, mesh, freeze_bn: bool):
+    """A jitted `step(state, batch) -> (state, metrics)`, state donated and replicated, batch split
+    over the mesh's 'data' axis."""
+    loss_fn = _raft_loss(model_cfg, tc, freeze_bn) if isinstance(model_cfg, RAFTConfig) else _pips_loss(model_cfg, tc)
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return TrainState(state.step + 1, params, batch_stats, opt_state, state.rng), metrics
+
+    rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, bat), out_shardings=(rep, rep), donate_argnums=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 2
+    lr: float = 1e-4
+    schedule: str = "onecycle"
+    schedule_steps: int = 0        # 0: `steps` (the reference RAFT run uses 1100 with 1000 steps)
+    weight_decay: float = 1e-4
+    clip: float = 5.0
+    grad_accum: int = 1
+    iters: int = 12
+    gamma: float = 0.85
+    max_flow: float = 400.0
+    mask_mode: str = "per_sample"
+    score_map_loss: bool = False
+    vis_loss: bool = False
+    freeze_bn: bool = False        # RAFT: False = batch statistics (the reference refinement run)
+    save_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    data: str = ""                 # shard folder(s); default WORKDIR/labels
+    clip_len: int = 0              # 0: 2 (RAFT) or 8 (PIPs)
+    size: Tuple[int, int] = ()     # resize (H, W); () keeps the stored size
+    max_tracks: int = 128
+    shuffle_buffer: int = 64
+    num_devices: int = 0           # 0: all devices
+
+    @classmethod
+    def from_config(cls, c) -> "TrainConfig":
+        d = dict(c) if c is not None else {}
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown train settings: {', '.join(sorted(unknown))}")
+        if "size" in d:
+            d["size"] = tuple(d["size"])
+        return cls(**d)
+
+
+class _Preempted:
+    """Remembers a SIGTERM so the loop can save at the next step boundary."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, *_):
+        self.flag = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
+    """Train from `init` (default config.init) on the configured shards; resume if WORKDIR has
+    checkpoints. Returns {'step', 'loss', 'model': exported checkpoint folder, 'preempted'}."""
+    import tensorflow as tf  # summaries only
+    from tqdm import tqdm
+    tc = TrainConfig.from_config(config.get("train"))
+    init = init or config.init
+    loaded = checkpoints.load_model(init)
+    model_cfg = loaded.cfg
+    is_raft = isinstance(model_cfg, RAFTConfig)
+    mesh = parallel.make_mesh(tc.num_devices or None)
+    if tc.batch_size % mesh.size:
+        raise ValueError(f"train.batch_size={tc.batch_size} must be a multiple of the {mesh.size} "
+                         f"devices of the mesh (or set train.num_devices)")
+    tx = make_optimizer(tc)
+    params = loaded.variables["params"]
+    batch_stats = loaded.variables.get("batch_stats", {})
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
+                       jax.random.PRNGKey(tc.seed))
+    data_dirs = tuple(d for d in (tc.data or os.path.join(workdir, "labels")).split(",") if d)
+    pcfg = pipeline.PipelineConfig(
+        data_dirs, clip_len=tc.clip_len or (2 if is_raft else model_cfg.S),
+        hop=1 if is_raft else 0, size=tc.size or None,
+        batch_size=tc.batch_size, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer,
+        with_flow=is_raft, max_tracks=0 if is_raft else tc.max_tracks)
+    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    meta = {"config": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
+            "model": {"arch": model_cfg.arch, **model_cfg.to_dict()}, "init": os.path.abspath(init),
+            "init_provenance": loaded.provenance}
+    data_state = None
+    with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
+        if mngr.latest_step() is not None:
+            restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(jax.tree_util.tree_map(np.asarray, state)),
+                data=ocp.args.JsonRestore()))
+            state = jax.tree_util.tree_map(jnp.asarray, restored["state"])
+            data_state = restored["data"]
+        data = pipeline.ClipIterator(pcfg, state=data_state)
+        step_fn = make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn)
+        writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        preempt = _Preempted()
+        start = int(state.step)
+        bar = tqdm(total=tc.steps, initial=start, desc=f"train ({model_cfg.arch})", unit="step",
+                   disable=not progress)
+        loss = float("nan")
+
+        def save(step):
+            mngr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(jax.device_get(state)), data=ocp.args.JsonSave(data.state()),
+                meta=ocp.args.JsonSave(meta)), force=True)
+            mngr.wait_until_finished()
+        try:
+            while int(state.step) < tc.steps:
+                if preempt.flag:
+                    save(int(state.step))
+                    bar.close()
+                    return {"step": int(state.step), "loss": loss, "preempted": True}
+                batch = {k: v for k, v in next(data).items() if v.dtype.kind != "O" and v.dtype.kind != "S"}
+                state, metrics = step_fn(state, batch)
+                step = int(state.step)
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at step {step}; "
+                                             f"checkpoints before it are in {ckpt_dir}")
+                if step % tc.log_every == 0 or step == tc.steps:
+                    with writer.as_default(step=step):
+                        for k, v in metrics.items():
+                            tf.summary.scalar(f"train/{k}", float(v))
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if step % tc.save_every == 0 or step == tc.steps:
+                    save(step)
+        finally:
+            preempt.restore()
+            writer.flush()
+            bar.close()
+    model_dir = os.path.join(workdir, "model")
+    if not os.path.exists(model_dir):
+        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        checkpoints.save_model(model_dir, model_cfg, jax.device_get(variables),
+                               {"trained_from": os.path.abspath(init), "steps": int(state.step),
+                                "init_provenance": loaded.provenance})
+    return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
+
+
+def main(argv=None) -> int:
+    """`python -m refine_jax.train.trainer --config_json=FILE --workdir=DIR`: the train stage alone
+    (the config as JSON); exits 0 after a SIGTERM-triggered save."""
+    import argparse
+    import ml_collections
+    p = argparse.ArgumentParser(prog="python -m refine_jax.train.trainer")
+    p.add_argument("--config_json", required=True)
+    p.add_argument("--workdir", required=True)
+    a = p.parse_args(argv)
+    with open(a.config_json) as f:
+        cfg = ml_collections.ConfigDict(json.load(f))
+    out = run(cfg, a.workdir, progress=False)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
