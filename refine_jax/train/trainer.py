@@ -30,7 +30,7 @@ from refine_jax.data import pipeline
 from refine_jax.models import build_model
 from refine_jax.models.pips import PipsConfig
 from refine_jax.models.raft import RAFTConfig
-from refine_jax.train import losses
+from refine_jax.train import augment, losses
 
 
 @flax.struct.dataclass
@@ -111,13 +111,15 @@ def _pips_loss(model_cfg, tc):
     return loss
 
 
-def make_train_step(model_cfg, tc, tx, mesh, freeze_bn: bool):
+def make_train_step(model_cfg, tc, tx, mesh, freeze_bn: bool,
+                    ac: augment.AugmentConfig = augment.AugmentConfig(enabled=False)):
     """A jitted `step(state, batch) -> (state, metrics)`, state donated and replicated, batch split
-    over the mesh's 'data' axis."""
+    over the mesh's 'data' axis; augmentation (`ac`) runs inside, keyed by fold_in(rng, step)."""
     loss_fn = _raft_loss(model_cfg, tc, freeze_bn) if isinstance(model_cfg, RAFTConfig) else _pips_loss(model_cfg, tc)
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
+        batch = augment.augment_batch(jax.random.fold_in(rng, 1), batch, ac)
         (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -187,10 +189,13 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     import tensorflow as tf  # summaries only
     from tqdm import tqdm
     tc = TrainConfig.from_config(config.get("train"))
+    ac = augment.AugmentConfig.from_config(config.get("augment", {"enabled": False}))
     init = init or config.init
     loaded = checkpoints.load_model(init)
     model_cfg = loaded.cfg
     is_raft = isinstance(model_cfg, RAFTConfig)
+    if is_raft and ac.enabled and ac.crop and (ac.crop[0] % 8 or ac.crop[1] % 8 or min(ac.crop) < 128):
+        raise ValueError(f"augment.crop={ac.crop}: RAFT training crops must be multiples of 8 and >= 128")
     mesh = parallel.make_mesh(tc.num_devices or None)
     if tc.batch_size % mesh.size:
         raise ValueError(f"train.batch_size={tc.batch_size} must be a multiple of the {mesh.size} "
@@ -220,7 +225,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             state = jax.tree_util.tree_map(jnp.asarray, restored["state"])
             data_state = restored["data"]
         data = pipeline.ClipIterator(pcfg, state=data_state)
-        step_fn = make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn)
+        step_fn = make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn, ac)
         writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
         preempt = _Preempted()
         start = int(state.step)
