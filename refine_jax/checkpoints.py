@@ -81,12 +81,16 @@ def init_model(out_dir, cfg, seed: int = 0) -> None:
 def fingerprint(path) -> str:
     """sha256 of a checkpoint: of the file, or of every file of a folder (names and bytes, sorted)."""
     import hashlib
-    p = epath.Path(path)
     h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    for f in files:
-        h.update(str(f.relative_to(p) if f != p else f.name).encode())
-        h.update(f.read_bytes())
+    if os.path.isfile(path):
+        files = [(os.path.basename(path), path)]
+    else:
+        files = sorted((os.path.relpath(os.path.join(r, n), path), os.path.join(r, n))
+                       for r, _, names in os.walk(path) for n in names)
+    for rel, full in files:
+        h.update(rel.encode())
+        with open(full, "rb") as f:
+            h.update(f.read())
     return h.hexdigest()
 
 

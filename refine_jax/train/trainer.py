@@ -157,6 +157,7 @@ class TrainConfig:
     max_tracks: int = 128
     shuffle_buffer: int = 64
     num_devices: int = 0           # 0: all devices
+    keep_checkpoints: int = 0      # 0: keep all (the eval stage draws the metric curve from them)
 
     @classmethod
     def from_config(cls, c) -> "TrainConfig":
@@ -212,7 +213,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         batch_size=tc.batch_size, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer,
         with_flow=is_raft, max_tracks=0 if is_raft else tc.max_tracks)
     ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints or None, create=True)
     meta = {"config": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
             "model": {"arch": model_cfg.arch, **model_cfg.to_dict()}, "init": os.path.abspath(init),
             "init_provenance": loaded.provenance}

@@ -1,0 +1,54 @@
+"""The embedded default: procedural source/target videos and a brief supervised pre-training on the
+source domain (a stand-in for the synthetic pre-training of the official checkpoints).
+
+Stages (each `run(config, workdir) -> dict`):
+  generate  WORKDIR/data/{source,target}: shards with exact flow and tracks (data/synthetic.py)
+  pretrain  WORKDIR/pretrain/model: the model trained from random init on source ground truth
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+from refine_jax import checkpoints, models
+from refine_jax.data import shards, synthetic
+
+
+def source_dir(workdir):
+    return os.path.join(workdir, "data", "source")
+
+
+def target_dir(workdir):
+    return os.path.join(workdir, "data", "target")
+
+
+def pretrained_dir(workdir):
+    return os.path.join(workdir, "pretrain", "model")
+
+
+def generate(config, workdir: str) -> dict:
+    d = config.demo
+    out = {}
+    for name, videos, seed in (("source", d.source_videos, d.seed), ("target", d.target_videos, d.seed + 1)):
+        path = os.path.join(workdir, "data", name)
+        if os.path.exists(os.path.join(path, shards.MANIFEST)):
+            out[name] = shards.load_manifest(path)["records"]
+            continue
+        m = synthetic.write_dataset(path, name, videos, d.frames, tuple(d.size), d.tracks, seed=seed)
+        out[name] = m["records"]
+    return out
+
+
+def pretrain(config, workdir: str) -> dict:
+    from refine_jax.train import trainer
+    d = config.demo
+    root = os.path.join(workdir, "pretrain")
+    init = os.path.join(root, "init")
+    if not os.path.exists(init):
+        cfg = models.model_config(d.arch, dict(d.get("model", {})))
+        checkpoints.init_model(init, cfg, seed=config.seed)
+    c = copy.deepcopy(config)
+    c.train.update(dict(d.pretrain))
+    c.train.data = source_dir(workdir)
+    c.augment.enabled = False
+    return trainer.run(c, root, init=init)

@@ -1,0 +1,198 @@
+"""The `eval` stage: the model before and after refinement on shards with ground truth.
+
+Before = config.init (or the pre-trained model of the embedded demo); after = WORKDIR/model (the
+train stage's export); the curve = every training checkpoint kept in WORKDIR/checkpoints.
+RAFT: all consecutive pairs of every clip at full resolution, EPE over all pixels (Sintel "all")
+and the 1/3/5 px rates; primary 'epe' (lower is better).
+PIPs: chained tracking of every clip from the GT query points; TAP-Vid metrics in the configured
+query mode, at the resolution of the shards or rescaled to 256x256 (`eval.tapvid_256`), plus
+ATE/MTE and survival; primary 'delta_avg' (higher is better).
+Writes WORKDIR/eval/metrics.json ({'primary', 'lower_is_better', 'before', 'after', 'curve', ...}),
+report.md and PNG figures.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+import jax
+import numpy as np
+
+from refine_jax import checkpoints, metrics, viz
+from refine_jax.data import shards
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    data: str = ""                 # shard folder(s) with GT; default config.data.videos
+    iters: int = 0                 # RAFT 32 / PIPs 6 when 0
+    stride: int = 4                # PIPs
+    query_mode: str = "first"
+    tapvid_256: bool = False
+    max_clips: int = 0             # 0 = all
+    curve: bool = True
+
+    @classmethod
+    def from_config(cls, c) -> "EvalConfig":
+        d = dict(c) if c is not None else {}
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown eval settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
+    dirs = [d for d in (ec.data or config.data.videos).split(",") if d]
+    out = []
+    for d in dirs:
+        for c in shards.read_clips(d):
+            out.append(c)
+            if ec.max_clips and len(out) >= ec.max_clips:
+                return out
+    return out
+
+
+def eval_flow(cfg, variables, clips, iters: int) -> Tuple[Dict[str, float], Optional[np.ndarray]]:
+    from refine_jax.models.raft import make_flow_fn
+    fn = make_flow_fn(cfg, iters)
+    preds, gts, first = [], [], None
+    for c in clips:
+        if c.flow is None:
+            continue
+        for t in range(len(c.frames) - 1):
+            f, _ = fn(variables, c.frames[t][None], c.frames[t + 1][None])
+            preds.append(np.asarray(f[0]))
+            gts.append(c.flow[t])
+            first = preds[0] if first is None else first
+    if not preds:
+        raise ValueError("no evaluation clip carries ground-truth flow")
+    return metrics.flow_metrics(np.stack(preds), np.stack(gts)), first
+
+
+def eval_tracks(cfg, variables, clips, ec: EvalConfig) -> Tuple[Dict[str, float], Optional[tuple]]:
+    from refine_jax.models.pips_chain import ChainedTracker
+    tracker = ChainedTracker(dataclasses.replace(cfg, stride=ec.stride), variables, iters=ec.iters or 6)
+    per, first = [], None
+    for c in clips:
+        if c.tracks is None:
+            continue
+        q = c.query_points
+        out = tracker(c.frames, q)
+        h, w = c.frames.shape[1:3]
+        gt, pred = c.tracks, out["tracks"]
+        if ec.tapvid_256:
+            gt, pred = metrics.rescale_tracks(gt, (h, w)), metrics.rescale_tracks(pred, (h, w))
+        m = metrics.tapvid_metrics(q, gt, ~c.visible, pred, ~out["visible"], ec.query_mode)
+        m.update(metrics.ate_mte(gt, pred, q, c.visible))
+        m["survival"] = metrics.survival(gt, pred, q)
+        per.append(m)
+        first = first or (c, out)
+    if not per:
+        raise ValueError("no evaluation clip carries ground-truth tracks")
+    return {k: float(np.nanmean([m[k] for m in per])) for k in per[0]}, first
+
+
+def _evaluate(loaded, clips, ec):
+    from refine_jax.models.raft import RAFTConfig
+    if isinstance(loaded.cfg, RAFTConfig):
+        return eval_flow(loaded.cfg, loaded.variables, clips, ec.iters or 32)
+    return eval_tracks(loaded.cfg, loaded.variables, clips, ec)
+
+
+def _checkpoint_variables(workdir: str):
+    """(step, variables) of every training checkpoint kept in WORKDIR/checkpoints."""
+    import orbax.checkpoint as ocp
+    ck = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(ck):
+        return []
+    out = []
+    with ocp.CheckpointManager(ck) as m:
+        for step in m.all_steps():
+            r = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+            v = {"params": r["params"], **({"batch_stats": r["batch_stats"]} if r.get("batch_stats") else {})}
+            out.append((int(step), v))
+    return out
+
+
+def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
+    ec = EvalConfig.from_config(config.get("eval"))
+    before = checkpoints.load_model(init or config.init)
+    clips = _clips(ec, config)
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    is_flow = before.cfg.arch != "pips"
+    primary, lower = ("epe", True) if is_flow else ("delta_avg", False)
+    m_before, ex_before = _evaluate(before, clips, ec)
+    result = {"primary": primary, "lower_is_better": lower, "before": m_before, "after": None,
+              "model_before": os.path.abspath(init or config.init), "clips": len(clips),
+              "resolution": "256x256 (rescaled)" if (ec.tapvid_256 and not is_flow)
+              else f"{clips[0].frames.shape[1]}x{clips[0].frames.shape[2]} (as stored)",
+              "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before[primary]]]}
+    model_dir = os.path.join(workdir, "model")
+    ex_after = None
+    if os.path.isdir(model_dir):
+        after = checkpoints.load_model(model_dir)
+        result["after"], ex_after = _evaluate(after, clips, ec)
+        result["model_after"] = os.path.abspath(model_dir)
+        if ec.curve:
+            for step, v in _checkpoint_variables(workdir):
+                m, _ = _evaluate(checkpoints.LoadedModel(after.cfg, v, {}), clips, ec)
+                result["curve"].append([step, m[primary]])
+    result["curve"].sort()
+    checkpoints.write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
+    _figures(out_dir, result, is_flow, clips, ex_before, ex_after)
+    _report(out_dir, result)
+    return result
+
+
+def _figures(out_dir, result, is_flow, clips, ex_before, ex_after):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps, vals = zip(*result["curve"])
+    ax.plot(steps, vals, "o-")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(result["primary"])
+    ax.set_title(f"{result['primary']} over refinement")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curve.png"))
+    plt.close(fig)
+    if is_flow:
+        gt = next(c.flow[0] for c in clips if c.flow is not None)
+        scale = float(np.linalg.norm(gt, axis=-1).max())
+        viz.save_png(os.path.join(out_dir, "flow_gt.png"), viz.flow_to_color(gt, scale))
+        viz.save_png(os.path.join(out_dir, "flow_before.png"), viz.flow_to_color(ex_before, scale))
+        if ex_after is not None:
+            viz.save_png(os.path.join(out_dir, "flow_after.png"), viz.flow_to_color(ex_after, scale))
+    else:
+        for name, ex in (("before", ex_before), ("after", ex_after)):
+            if ex is None:
+                continue
+            clip, out = ex
+            t = len(clip.frames) - 1
+            img = viz.draw_tracks(clip.frames[t], out["tracks"][:, t], out["visible"][:, t],
+                                  tails=out["tracks"][:, :t + 1])
+            viz.save_png(os.path.join(out_dir, f"tracks_{name}.png"), img)
+
+
+def _report(out_dir, r):
+    lines = ["# Evaluation report", "",
+             f"Primary metric: **{r['primary']}** ({'lower' if r['lower_is_better'] else 'higher'} is better), "
+             f"{r['clips']} clips, resolution {r['resolution']}"
+             + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ".", "",
+             "| metric | before | after | change |", "|---|---|---|---|"]
+    for k, v in r["before"].items():
+        a = r["after"][k] if r["after"] else None
+        ch = "" if a is None else f"{a - v:+.4f}" + (f" ({100 * (a - v) / v:+.1f} %)" if v else "")
+        lines.append(f"| {k} | {v:.4f} | {'' if a is None else f'{a:.4f}'} | {ch} |")
+    lines += ["", f"Before: `{r['model_before']}`  ", f"After: `{r.get('model_after', '(no refined model)')}`",
+              "", "![curve](curve.png)", ""]
+    lines += (["![ground truth](flow_gt.png) ![before](flow_before.png) ![after](flow_after.png)"]
+              if r["primary"] == "epe" else ["![before](tracks_before.png) ![after](tracks_after.png)"])
+    tmp = os.path.join(out_dir, f".report.md.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(out_dir, "report.md"))
