@@ -29,6 +29,8 @@ class PipsConfig:
     latent_dim: int = 128
     corr_levels: int = 4
     corr_radius: int = 3
+    mixer_dim: int = 512      # official 512 x 12; reduced only for the CPU demo
+    mixer_depth: int = 12
 
     arch = "pips"
 
@@ -199,7 +201,7 @@ class Pips(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.fnet = PipsEncoder(cfg.latent_dim, cfg.stride)
-        self.delta_block = DeltaBlock(cfg.S, cfg.latent_dim)
+        self.delta_block = DeltaBlock(cfg.S, cfg.latent_dim, cfg.mixer_dim, cfg.mixer_depth)
         self.norm = layer_norm()  # GroupNorm(1, 128) on (rows, 128) == LayerNorm over the 128
         self.ffeat_updater_0 = nn.Dense(cfg.latent_dim, precision=jax.lax.Precision.HIGHEST)
         self.vis_predictor_0 = nn.Dense(1, precision=jax.lax.Precision.HIGHEST)

@@ -1,0 +1,83 @@
+"""PIPs refinement configs.
+
+Default (no preset): the embedded demo on procedural video with a reduced PIPs (latent 64, mixer
+256 x 4), pre-trained on the source domain, refined on the target domain:
+  python -m refine_jax.main --config=configs/pips.py --workdir=runs/pips_demo
+Reference recipes (init = the PIPs reference checkpoint or a converted folder; data = shards of the
+benchmark with ground truth, see refine_jax.data.benchmarks):
+  :crohd         768x1280 labels, 8 frames at stride 3, 24x24 dense windows around moving heads,
+                 tau 1.5 px; train 512x852, 5000 micro-steps (625 updates of 8), cosine T_max 825,
+                 lr 1e-5, clip 5, no augmentation, score-map loss on, vis loss off
+  :horse10       256x448, 40x40 windows around keypoints, tau 3 px, mean speed > 5 px,
+                 6000 micro-steps (750 updates), cosine T_max 950
+  :tapvid_davis  per video, 256x256, chained evaluation in 'strided' mode (method.md section 8.3,
+                 15 Q15: implemented like CroHD/Horse)
+    python -m refine_jax.main --config=configs/pips.py:horse10 --workdir=runs/horse \
+        --config.init=model-000200000.pth --config.data.videos=shards/horse10
+  :runlocal      a tiny run of every stage.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.init = ""
+    c.stages = ("generate", "pretrain", "label", "train", "eval")
+    c.data = ml_collections.ConfigDict({"videos": ""})
+    c.demo = ml_collections.ConfigDict({
+        "arch": "pips", "model": {"latent_dim": 64, "mixer_dim": 256, "mixer_depth": 4, "stride": 4},
+        "source_videos": 24, "target_videos": 4, "frames": 8, "size": (128, 128), "tracks": 64, "seed": 0,
+        "pretrain": {"steps": 200, "batch_size": 4, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
+                     "gamma": 0.8, "save_every": 100, "keep_checkpoints": 1, "log_every": 20,
+                     "max_tracks": 64}})
+    c.label = ml_collections.ConfigDict({
+        "batch": 4, "iters": 4, "tau": 3.0, "grid": 12, "densify_window": 0, "use_gt_points": False,
+        "window_hop": 8, "stride": 4, "speed_bins": (1.0, 2.0, 4.0, 8.0, 16.0), "cap_per_bin": 0,
+        "min_speed": 0.0, "max_queries": 256})
+    c.augment = ml_collections.ConfigDict({
+        "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
+        "asym_prob": 0.2, "crop": (), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
+    c.train = ml_collections.ConfigDict({
+        "steps": 100, "batch_size": 4, "lr": 1e-4, "schedule": "cosine", "schedule_steps": 0,
+        "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 4, "gamma": 0.8,
+        "score_map_loss": False, "vis_loss": False, "save_every": 50, "log_every": 10, "seed": 0,
+        "data": "", "max_tracks": 128})
+    c.eval = ml_collections.ConfigDict({"iters": 4, "stride": 4, "query_mode": "first", "data": ""})
+    if arg in (None, ""):
+        return c
+    ref = {"stages": ("label", "train", "eval")}
+    if arg == "crohd":
+        c.update(ref)
+        c.label.update({"iters": 6, "tau": 1.5, "grid": 0, "densify_window": 24, "use_gt_points": True,
+                        "batch": 1, "max_queries": 9216})
+        c.augment.enabled = False
+        c.train.update({"steps": 5000, "grad_accum": 8, "schedule_steps": 825, "lr": 1e-5, "iters": 6,
+                        "batch_size": 1, "score_map_loss": True, "size": (512, 852), "save_every": 500})
+        c.eval.update({"iters": 6, "query_mode": "strided"})
+        return c
+    if arg == "horse10":
+        c.update(ref)
+        c.label.update({"iters": 6, "tau": 3.0, "grid": 0, "densify_window": 40, "use_gt_points": True,
+                        "batch": 1, "max_queries": 1600, "min_speed": 5.0 * 8 / 7})
+        c.augment.enabled = False
+        c.train.update({"steps": 6000, "grad_accum": 8, "schedule_steps": 950, "lr": 1e-5, "iters": 6,
+                        "batch_size": 1, "score_map_loss": True, "size": (256, 448), "save_every": 500})
+        c.eval.update({"iters": 6, "query_mode": "first"})
+        return c
+    if arg == "tapvid_davis":
+        c.update(ref)
+        c.label.update({"iters": 6, "tau": 3.0, "grid": 16, "batch": 1, "max_queries": 1024})
+        c.train.update({"steps": 1000, "grad_accum": 8, "schedule_steps": 150, "lr": 1e-5, "iters": 6,
+                        "batch_size": 1, "score_map_loss": True, "size": (256, 256), "save_every": 200})
+        c.eval.update({"iters": 6, "query_mode": "strided", "tapvid_256": True})
+        return c
+    if arg == "runlocal":
+        c.demo.update({"source_videos": 2, "target_videos": 1, "tracks": 8})
+        c.demo.model.update({"latent_dim": 32, "mixer_dim": 64, "mixer_depth": 1, "stride": 8})
+        c.demo.pretrain.update({"steps": 2, "batch_size": 2, "iters": 1, "save_every": 1, "max_tracks": 8})
+        c.label.update({"iters": 1, "grid": 3, "stride": 8, "tau": 1e6, "max_queries": 16, "batch": 1})
+        c.train.update({"steps": 2, "batch_size": 2, "iters": 1, "save_every": 1, "max_tracks": 16})
+        c.eval.update({"iters": 1, "stride": 8})
+        return c
+    raise ValueError(f"unknown preset {arg!r}; expected crohd, horse10, tapvid_davis or runlocal")
