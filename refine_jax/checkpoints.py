@@ -39,7 +39,7 @@ def write_json_atomic(path, obj) -> None:
     path = epath.Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.rename(path)
+    tmp.replace(path)  # overwrite: a re-run rewrites its outputs
 
 
 def save_model(out_dir, cfg, variables, provenance: dict) -> None:

@@ -41,7 +41,11 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     config = resolve(config, workdir)
     table, summary = stages(), {}
-    for name in config.stages:
+    names = config.stages
+    if isinstance(names, str):
+        names = (names,)
+    names = [n.strip() for item in names for n in item.split(",") if n.strip()]  # '--config.stages=a,b'
+    for name in names:
         if name not in table:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(table)}")
         logging.info("stage %s", name)

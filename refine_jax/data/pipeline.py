@@ -174,6 +174,9 @@ class ClipIterator:
             try:
                 batch = next(self._it)
             except StopIteration:
+                if self.batch == 0:
+                    raise ValueError(f"an epoch over {', '.join(self.files)} yields no full batch of "
+                                     f"{self.cfg.batch_size}; there are too few samples") from None
                 self.epoch, self.batch, self._it = self.epoch + 1, 0, None
                 continue
             except self._tf_errors as e:
