@@ -12,7 +12,6 @@ CLI:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from typing import Dict, Tuple
@@ -234,14 +233,6 @@ def export_pth(variables, cfg, path: str) -> None:
     os.replace(tmp, path)
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_file(src: str, arch: str | None = None):
     """Read an official .pth and return (cfg, variables, provenance)."""
     state = strip_prefixes(load_torch_state_dict(src))
@@ -250,6 +241,7 @@ def convert_file(src: str, arch: str | None = None):
         raise CheckpointMismatch(f"{src}: --arch={arch} but the keys are those of {found}")
     cfg = models.model_config(found)
     variables = state_dict_to_variables(state, cfg, source=src)
+    from refine_jax.data.shards import sha256_file
     provenance = {"source": os.path.basename(src), "source_sha256": sha256_file(src),
                   "converted_by": "refine_jax.convert"}
     return cfg, variables, provenance

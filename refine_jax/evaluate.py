@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from refine_jax import checkpoints, metrics, viz
+from refine_jax import settings
 from refine_jax.data import shards
 
 
@@ -36,11 +37,7 @@ class EvalConfig:
 
     @classmethod
     def from_config(cls, c) -> "EvalConfig":
-        d = dict(c) if c is not None else {}
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown eval settings: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return settings.from_section(cls, c, "eval")
 
 
 def _clips(ec: EvalConfig, config) -> List[shards.Clip]:

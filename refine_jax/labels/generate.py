@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from refine_jax import settings
 from refine_jax import checkpoints, parallel
 from refine_jax.data import shards
 from refine_jax.labels import cycle
@@ -63,14 +64,7 @@ class LabelConfig:
 
     @classmethod
     def from_config(cls, c) -> "LabelConfig":
-        d = dict(c) if c is not None else {}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"unknown label settings: {', '.join(sorted(unknown))}")
-        if "speed_bins" in d:
-            d["speed_bins"] = tuple(d["speed_bins"])
-        return cls(**d)
+        return settings.from_section(cls, c, "label")
 
 
 def _add(stats: dict, key: str, value) -> None:

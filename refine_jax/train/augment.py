@@ -19,6 +19,8 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 
+from refine_jax import settings
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -35,13 +37,7 @@ class AugmentConfig:
 
     @classmethod
     def from_config(cls, c) -> "AugmentConfig":
-        d = dict(c) if c is not None else {}
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown augment settings: {', '.join(sorted(unknown))}")
-        if "crop" in d:
-            d["crop"] = tuple(d["crop"])
-        return cls(**d)
+        return settings.from_section(cls, c, "augment")
 
 
 def _grey(img):

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from refine_jax import settings
 from refine_jax import checkpoints, parallel
 from refine_jax.data import pipeline
 from refine_jax.models import build_model
@@ -161,13 +162,7 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, c) -> "TrainConfig":
-        d = dict(c) if c is not None else {}
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown train settings: {', '.join(sorted(unknown))}")
-        if "size" in d:
-            d["size"] = tuple(d["size"])
-        return cls(**d)
+        return settings.from_section(cls, c, "train")
 
 
 class _Preempted:

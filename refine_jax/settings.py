@@ -1,0 +1,14 @@
+"""Typed settings read from a config section (ml_collections ConfigDict or dict)."""
+from __future__ import annotations
+
+import dataclasses
+
+
+def from_section(cls, section, name: str):
+    """An instance of the frozen dataclass `cls` from `section`; unknown keys are an error naming
+    them; list values become tuples (ml_collections keeps tuples as given)."""
+    d = dict(section) if section is not None else {}
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {name} settings: {', '.join(sorted(unknown))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
