@@ -2,7 +2,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from refine_jax.train import augment
 from refine_jax.data import synthetic

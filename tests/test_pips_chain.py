@@ -1,7 +1,6 @@
 """Chained PIPs over long videos: the official re-anchoring rule, mid-video queries, bounded memory,
 and `infer tracks` on real files."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -22,7 +22,7 @@ import csv
 import json
 import os
 import pickle
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 

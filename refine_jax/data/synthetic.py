@@ -18,7 +18,6 @@ pre-trained on one and refined on the other.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -15,7 +15,7 @@ Shapes: flows (B, H, W, 2) px; images (B, H, W, 3) in [0, 255]; tracks (B, S, N,
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp

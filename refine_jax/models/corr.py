@@ -12,7 +12,6 @@ channels-last. The three samplers follow the official PyTorch code exactly (spec
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 
