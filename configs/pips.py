@@ -34,7 +34,7 @@ def get_config(arg=None):
     c.label = ml_collections.ConfigDict({
         "batch": 4, "iters": 4, "tau": 3.0, "grid": 12, "densify_window": 0, "use_gt_points": False,
         "window_hop": 8, "stride": 4, "speed_bins": (1.0, 2.0, 4.0, 8.0, 16.0), "cap_per_bin": 0,
-        "min_speed": 0.0, "max_queries": 256})
+        "min_speed": 0.0, "max_queries": 256, "rounds": 1})
     c.augment = ml_collections.ConfigDict({
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
         "asym_prob": 0.2, "crop": (), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
@@ -73,7 +73,7 @@ def get_config(arg=None):
         c.eval.update({"iters": 6, "query_mode": "strided", "tapvid_256": True})
         return c
     if arg == "runlocal":
-        c.demo.update({"source_videos": 2, "target_videos": 1, "tracks": 8})
+        c.demo.update({"source_videos": 2, "target_videos": 2, "tracks": 8})
         c.demo.model.update({"latent_dim": 32, "mixer_dim": 64, "mixer_depth": 1, "stride": 8})
         c.demo.pretrain.update({"steps": 2, "batch_size": 2, "iters": 1, "save_every": 1, "max_tracks": 8})
         c.label.update({"iters": 1, "grid": 3, "stride": 8, "tau": 1e6, "max_queries": 16, "batch": 1})
