@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -43,20 +42,26 @@ def write_json_atomic(path, obj) -> None:
 
 
 def save_model(out_dir, cfg, variables, provenance: dict) -> None:
-    """Save variables + config + provenance into `out_dir` (must not exist yet); atomic."""
+    """Save variables + config + provenance into `out_dir` (must not exist yet); atomic. With
+    several processes every one calls it (Orbax writes collectively); the main one renames."""
+    from refine_jax import parallel
     out = epath.Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new output folder")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    if parallel.is_main_process():
+        if tmp.exists():  # left by an interrupted save
+            tmp.rmtree()
+        tmp.mkdir(parents=True)
+    parallel.barrier(f"save_model {out}: folder")
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save((tmp / VARIABLES).absolute(), variables)
         ckptr.wait_until_finished()
-    write_json_atomic(tmp / MODEL_JSON, {"arch": cfg.arch, "model": cfg.to_dict(),
-                                          "provenance": provenance})
-    tmp.rename(out)
+    if parallel.is_main_process():
+        write_json_atomic(tmp / MODEL_JSON, {"arch": cfg.arch, "model": cfg.to_dict(),
+                                              "provenance": provenance})
+        tmp.rename(out)
+    parallel.barrier(f"save_model {out}: renamed")
 
 
 def init_model(out_dir, cfg, seed: int = 0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 
-from refine_jax import checkpoints, models
+from refine_jax import checkpoints, fs, models
 from refine_jax.data import shards, synthetic
 
 
@@ -27,16 +27,16 @@ def pretrained_dir(workdir):
 
 
 def generate(config, workdir: str) -> dict:
+    """Write the source and target shards (the main process; the others wait for it)."""
+    from refine_jax import parallel
     d = config.demo
-    out = {}
     for name, videos, seed in (("source", d.source_videos, d.seed), ("target", d.target_videos, d.seed + 1)):
         path = os.path.join(workdir, "data", name)
-        if os.path.exists(os.path.join(path, shards.MANIFEST)):
-            out[name] = shards.load_manifest(path)["records"]
-            continue
-        m = synthetic.write_dataset(path, name, videos, d.frames, tuple(d.size), d.tracks, seed=seed)
-        out[name] = m["records"]
-    return out
+        if parallel.is_main_process() and not fs.exists(os.path.join(path, shards.MANIFEST)):
+            synthetic.write_dataset(path, name, videos, d.frames, tuple(d.size), d.tracks, seed=seed)
+    parallel.barrier("generate: shards written")
+    return {name: shards.load_manifest(os.path.join(workdir, "data", name))["records"]
+            for name in ("source", "target")}
 
 
 def pretrain(config, workdir: str) -> dict:
@@ -44,7 +44,9 @@ def pretrain(config, workdir: str) -> dict:
     d = config.demo
     root = os.path.join(workdir, "pretrain")
     init = os.path.join(root, "init")
-    if not os.path.exists(init):
+    from refine_jax import parallel
+    parallel.barrier("pretrain: before init")  # every process sees the same folder
+    if not fs.exists(os.path.join(init, checkpoints.MODEL_JSON)):
         cfg = models.model_config(d.arch, dict(d.get("model", {})))
         checkpoints.init_model(init, cfg, seed=config.seed)
     c = copy.deepcopy(config)

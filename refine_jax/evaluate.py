@@ -13,14 +13,14 @@ report.md and PNG figures.
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
-from refine_jax import checkpoints, metrics, viz
+from refine_jax import checkpoints, fs, metrics, viz
 from refine_jax import settings
 from refine_jax.data import shards
 
@@ -40,6 +40,11 @@ class EvalConfig:
         return settings.from_section(cls, c, "eval")
 
 
+FLOW_KEYS = ("epe", "1px", "3px", "5px", "pixels")
+TRACK_KEYS = ("occlusion_accuracy", *(f"{m}_{x:g}" for x in metrics.THRESHOLDS for m in ("delta", "jaccard")),
+              "delta_avg", "average_jaccard", "ate", "mte", "survival")
+
+
 def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
     dirs = [d for d in (ec.data or config.data.videos).split(",") if d]
     out = []
@@ -52,26 +57,32 @@ def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
 
 
 def eval_flow(cfg, variables, clips, iters: int) -> Tuple[Dict[str, float], Optional[np.ndarray]]:
+    """Flow metrics over every consecutive pair of `clips` (this process's share, gathered from all
+    processes): the pixel-weighted mean of per-pair metrics = the metrics over all pixels."""
     from refine_jax.models.raft import make_flow_fn
     fn = make_flow_fn(cfg, iters)
-    preds, gts, first = [], [], None
+    rows, first = [], None
     for c in clips:
         if c.flow is None:
             continue
         for t in range(len(c.frames) - 1):
             f, _ = fn(variables, c.frames[t][None], c.frames[t + 1][None])
-            preds.append(np.asarray(f[0]))
-            gts.append(c.flow[t])
-            first = preds[0] if first is None else first
-    if not preds:
+            pred = np.asarray(f[0])
+            rows.append({**metrics.flow_metrics(pred, c.flow[t]), "pixels": float(pred[..., 0].size)})
+            first = pred if first is None else first
+    table = _gather_rows(rows, FLOW_KEYS)
+    if not table:
         raise ValueError("no evaluation clip carries ground-truth flow")
-    return metrics.flow_metrics(np.stack(preds), np.stack(gts)), first
+    w = np.array([r.pop("pixels") for r in table])
+    return {k: float(np.sum(w * np.array([r[k] for r in table])) / w.sum()) for k in table[0]}, first
 
 
 def eval_tracks(cfg, variables, clips, ec: EvalConfig) -> Tuple[Dict[str, float], Optional[tuple]]:
+    """Track metrics per clip (chained tracking from the GT queries), averaged over the clips of
+    every process."""
     from refine_jax.models.pips_chain import ChainedTracker
     tracker = ChainedTracker(dataclasses.replace(cfg, stride=ec.stride), variables, iters=ec.iters or 6)
-    per, first = [], None
+    rows, first = [], None
     for c in clips:
         if c.tracks is None:
             continue
@@ -84,11 +95,25 @@ def eval_tracks(cfg, variables, clips, ec: EvalConfig) -> Tuple[Dict[str, float]
         m = metrics.tapvid_metrics(q, gt, ~c.visible, pred, ~out["visible"], ec.query_mode)
         m.update(metrics.ate_mte(gt, pred, q, c.visible))
         m["survival"] = metrics.survival(gt, pred, q)
-        per.append(m)
+        rows.append(m)
         first = first or (c, out)
-    if not per:
+    table = _gather_rows(rows, TRACK_KEYS)
+    if not table:
         raise ValueError("no evaluation clip carries ground-truth tracks")
-    return {k: float(np.nanmean([m[k] for m in per])) for k in per[0]}, first
+    return {k: float(np.nanmean([m[k] for m in table])) for k in table[0]}, first
+
+
+def _gather_rows(rows: List[Dict[str, float]], keys: Sequence[str]) -> List[Dict[str, float]]:
+    """Every process's metric rows (dicts over `keys`), in process order; with one process, `rows`."""
+    if jax.process_count() == 1:
+        return rows
+    from refine_jax import parallel
+    counts = parallel.allgather(np.asarray(len(rows)))
+    local = np.full((int(counts.max()), len(keys)), np.nan)
+    for i, r in enumerate(rows):
+        local[i] = [r[k] for k in keys]
+    table = parallel.allgather(local)
+    return [dict(zip(keys, map(float, table[p, i]))) for p in range(len(table)) for i in range(counts[p])]
 
 
 def _evaluate(loaded, clips, ec):
@@ -101,46 +126,56 @@ def _evaluate(loaded, clips, ec):
 def _checkpoint_variables(workdir: str):
     """(step, variables) of every training checkpoint kept in WORKDIR/checkpoints."""
     import orbax.checkpoint as ocp
-    ck = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(ck):
+    from refine_jax import parallel
+    ck = fs.abspath(os.path.join(workdir, "checkpoints"))
+    if not fs.isdir(ck):
         return []
     out = []
     with ocp.CheckpointManager(ck) as m:
         for step in m.all_steps():
-            r = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+            r = parallel.to_host(m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"])
             v = {"params": r["params"], **({"batch_stats": r["batch_stats"]} if r.get("batch_stats") else {})}
             out.append((int(step), v))
     return out
 
 
-def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
+def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
+        trained: Optional[str] = None) -> dict:
+    """Evaluate `init` (default config.init) and the refined model in TRAINED/model (default
+    WORKDIR; the last round's folder with label.rounds > 1) with the curve over TRAINED/checkpoints;
+    write WORKDIR/eval."""
     ec = EvalConfig.from_config(config.get("eval"))
+    from refine_jax import parallel
     before = checkpoints.load_model(init or config.init)
-    clips = _clips(ec, config)
+    all_clips = _clips(ec, config)
+    clips = parallel.process_share(all_clips)  # each process its share; metrics are gathered
     out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
     is_flow = before.cfg.arch != "pips"
     primary, lower = ("epe", True) if is_flow else ("delta_avg", False)
     m_before, ex_before = _evaluate(before, clips, ec)
     result = {"primary": primary, "lower_is_better": lower, "before": m_before, "after": None,
-              "model_before": os.path.abspath(init or config.init), "clips": len(clips),
+              "model_before": fs.abspath(init or config.init), "clips": len(all_clips),
               "resolution": "256x256 (rescaled)" if (ec.tapvid_256 and not is_flow)
               else f"{clips[0].frames.shape[1]}x{clips[0].frames.shape[2]} (as stored)",
               "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before[primary]]]}
-    model_dir = os.path.join(workdir, "model")
+    trained = trained or workdir
+    model_dir = os.path.join(trained, "model")
     ex_after = None
-    if os.path.isdir(model_dir):
+    if fs.isdir(model_dir):
         after = checkpoints.load_model(model_dir)
         result["after"], ex_after = _evaluate(after, clips, ec)
-        result["model_after"] = os.path.abspath(model_dir)
+        result["model_after"] = fs.abspath(model_dir)
         if ec.curve:
-            for step, v in _checkpoint_variables(workdir):
+            for step, v in _checkpoint_variables(trained):
                 m, _ = _evaluate(checkpoints.LoadedModel(after.cfg, v, {}), clips, ec)
                 result["curve"].append([step, m[primary]])
     result["curve"].sort()
-    checkpoints.write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
-    _figures(out_dir, result, is_flow, clips, ex_before, ex_after)
-    _report(out_dir, result)
+    if parallel.is_main_process():
+        fs.write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
+        _figures(out_dir, result, is_flow, clips, ex_before, ex_after)
+        _report(out_dir, result)
+    parallel.barrier("eval: report written")
     return result
 
 
@@ -155,7 +190,9 @@ def _figures(out_dir, result, is_flow, clips, ex_before, ex_after):
     ax.set_ylabel(result["primary"])
     ax.set_title(f"{result['primary']} over refinement")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "curve.png"))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fs.write_bytes_atomic(os.path.join(out_dir, "curve.png"), buf.getvalue())
     plt.close(fig)
     if is_flow:
         gt = next(c.flow[0] for c in clips if c.flow is not None)
@@ -189,7 +226,4 @@ def _report(out_dir, r):
               "", "![curve](curve.png)", ""]
     lines += (["![ground truth](flow_gt.png) ![before](flow_before.png) ![after](flow_after.png)"]
               if r["primary"] == "epe" else ["![before](tracks_before.png) ![after](tracks_after.png)"])
-    tmp = os.path.join(out_dir, f".report.md.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "report.md"))
+    fs.write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")

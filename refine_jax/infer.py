@@ -27,7 +27,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from refine_jax import checkpoints, viz
+from refine_jax import checkpoints, fs, viz
 from refine_jax.data import flo, frames as frames_lib
 
 
@@ -131,7 +131,6 @@ def overlay_video(video: np.ndarray, tracks: np.ndarray, visible: np.ndarray, ta
 
 def run_tracks(args) -> int:
     import dataclasses
-    import json
 
     from refine_jax.models.pips import PipsConfig
     from refine_jax.models.pips_chain import ChainedTracker
@@ -161,7 +160,7 @@ def run_tracks(args) -> int:
                      f"the last frame, as the official code does") if t_len < cfg.S else "",
             "weights": os.path.abspath(args.weights), "provenance": loaded.provenance,
             "frames_encoded": tracker.stats.encoded}
-    checkpoints.write_json_atomic(os.path.join(args.out, "tracks.json"), meta)
+    fs.write_json_atomic(os.path.join(args.out, "tracks.json"), meta)
     frames_lib.write_video(os.path.join(args.out, "tracks.mp4"),
                            overlay_video(video, out["tracks"], out["visible"]), fps or 10.0)
     print(f"wrote {len(queries)} tracks over {t_len} frames to {args.out}")

@@ -2,6 +2,10 @@
 
   python -m refine_jax.main --config=configs/raft.py[:PRESET] --workdir=DIR [--config.x=...]
 
+Several processes (hosts) run the same command; on a Cloud TPU slice nothing more is needed,
+elsewhere add --coordinator=HOST:PORT --num_processes=N --process_id=I (or the REFINE_JAX_*
+environment variables) and give every process the same WORKDIR on shared storage.
+
 Each stage reads what the previous ones wrote in WORKDIR, so a stage can be re-run alone
 (`--config.stages=eval,`). With no `init` checkpoint and no `data.videos`, the configs run the
 embedded demo on procedural video (stages generate, pretrain first).
@@ -17,6 +21,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (created; resumed if it exists)")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "multi-process runs: host:port of process 0 "
+                                   "(or REFINE_JAX_COORDINATOR; Cloud TPU slices find it themselves)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs: how many")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs: this one's index")
 
 
 def stages():
@@ -38,7 +46,11 @@ def resolve(config, workdir: str):
 
 
 def run(config, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    """Run the configured stages in WORKDIR. With `label.rounds` = R > 1, a `label, train` pair
+    runs R times: round k > 1 in WORKDIR/round<k>, labelling with the model of round k - 1; `eval`
+    then compares the initial model with the last round's."""
+    from refine_jax import fs
+    fs.makedirs(workdir)
     config = resolve(config, workdir)
     table, summary = stages(), {}
     names = config.stages
@@ -48,17 +60,39 @@ def run(config, workdir: str) -> dict:
     for name in names:
         if name not in table:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(table)}")
+    rounds = max(int(config.label.get("rounds", 1)), 1)
+    trained, i = workdir, 0
+    while i < len(names):
+        name = names[i]
+        if name == "label" and names[i + 1:i + 2] == ["train"] and rounds > 1:
+            init = config.init
+            for r in range(1, rounds + 1):
+                trained = workdir if r == 1 else os.path.join(workdir, f"round{r}")
+                logging.info("round %d of %d: label and train in %s from %s", r, rounds, trained, init)
+                summary[f"label_round{r}"] = table["label"](config, trained, init=init)
+                summary[f"train_round{r}"] = out = table["train"](config, trained, init=init)
+                if out.get("preempted"):
+                    return summary
+                init = out["model"]
+            i += 2
+            continue
         logging.info("stage %s", name)
-        summary[name] = table[name](config, workdir)
+        summary[name] = (table[name](config, workdir, trained=trained) if name == "eval"
+                         else table[name](config, workdir))
         if name == "train" and summary[name].get("preempted"):
             break
+        i += 1
     return summary
 
 
 def main(argv):
     del argv
+    from refine_jax import parallel
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress bars say enough
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     summary = run(_CONFIG.value, _WORKDIR.value)
+    if not parallel.is_main_process():
+        return
     ev = summary.get("eval")
     if ev:
         p = ev["primary"]

@@ -1,20 +1,77 @@
-"""Device meshes and shardings. Parallelism is `jax.jit` with `NamedSharding` on a `Mesh`; the batch
-axis is split over the mesh axis 'data'."""
+"""Processes, device meshes and shardings.
+
+Parallelism is `jax.jit` with `NamedSharding` on a `Mesh`; the batch axis is split over the mesh
+axis 'data'. A run may span several processes (hosts), each owning its local devices:
+
+- `initialize` joins the processes into one JAX runtime (`jax.distributed`). It must run before
+  anything touches a device.
+- Training uses the global mesh over every device of every process. Each process feeds its rows of
+  the global batch (`global_batch`).
+- Labelling and evaluation are independent per item, so each process works on its share of the
+  inputs (`process_share`) on a mesh of its own devices (`make_mesh(local=True)`). Results meet on
+  disk or through `allgather`.
+- Only the main process writes manifests, reports and logs; `barrier` orders the writes.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+ENV_COORDINATOR = "REFINE_JAX_COORDINATOR"     # host:port of process 0
+ENV_NUM_PROCESSES = "REFINE_JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "REFINE_JAX_PROCESS_ID"
 
-def make_mesh(num_devices: Optional[int] = None) -> Mesh:
-    """A 1-D ('data',) mesh over the first `num_devices` devices (default: all of them)."""
-    devices = jax.devices()
+
+def _on_multi_worker_tpu() -> bool:
+    """A Cloud TPU VM of a multi-host slice: the runtime lists its workers itself."""
+    return "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None) -> bool:
+    """Join a multi-process run if this process is one of several; returns whether it joined.
+
+    The arguments take precedence over the environment (REFINE_JAX_COORDINATOR,
+    REFINE_JAX_NUM_PROCESSES, REFINE_JAX_PROCESS_ID). On the workers of a multi-host Cloud TPU slice
+    JAX finds all three itself. With none of them this is a single-process run and nothing happens.
+    """
+    coordinator = coordinator or os.environ.get(ENV_COORDINATOR) or None
+    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
+        num_processes = int(os.environ[ENV_NUM_PROCESSES])
+    if process_id is None and os.environ.get(ENV_PROCESS_ID):
+        process_id = int(os.environ[ENV_PROCESS_ID])
+    if coordinator or (num_processes or 1) > 1:
+        missing = [n for n, v in (("coordinator", coordinator), ("num_processes", num_processes),
+                                  ("process_id", process_id)) if v is None]
+        if missing:
+            raise ValueError(f"a multi-process run needs coordinator, num_processes and process_id; "
+                             f"missing {', '.join(missing)} (flags or {ENV_COORDINATOR}, "
+                             f"{ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process_id {process_id} is not in [0, {num_processes})")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+        return True
+    if _on_multi_worker_tpu():
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh(num_devices: Optional[int] = None, local: bool = False) -> Mesh:
+    """A 1-D ('data',) mesh over the first `num_devices` devices (default: all of them): the
+    devices of every process, or with `local` only this process's own."""
+    devices = jax.local_devices() if local else jax.devices()
     n = len(devices) if num_devices is None else num_devices
     if not 1 <= n <= len(devices):
-        raise ValueError(f"asked for {n} devices, {len(devices)} are available")
+        raise ValueError(f"asked for {n} devices, {len(devices)} are available"
+                         + (" to this process" if local else ""))
+    if not local and n != len(devices) and jax.process_count() > 1:
+        raise ValueError(f"a multi-process mesh spans all {len(devices)} devices; got num_devices={n}")
     return Mesh(np.asarray(devices[:n]), ("data",), axis_types=(AxisType.Auto,))
 
 
@@ -25,6 +82,26 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def put(tree: Any, sharding: NamedSharding) -> Any:
+    """Place host arrays that every process holds in full on `sharding` (a local mesh's, or a
+    replicated one)."""
+    return jax.device_put(tree, sharding)
+
+
+def global_batch(local: Any, mesh: Mesh) -> Any:
+    """The global batch, split over 'data', from this process's rows of it (numpy leaves).
+
+    Process p holds rows [p * B / P, (p + 1) * B / P) of the global batch of B rows; with one
+    process that is the whole batch."""
+    sharding = batch_sharding(mesh)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of fully replicated (or single-process) arrays."""
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
 
 def padded_size(n: int, mesh: Mesh) -> int:
@@ -40,5 +117,28 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
 
 
+def process_share(items: Sequence, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> list:
+    """This process's items: every process_count-th, starting at process_index."""
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    return list(items)[pi::pc]
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def allgather(x: np.ndarray) -> np.ndarray:
+    """Stack one same-shaped host array from every process: (process_count, *x.shape)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)[None]
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))

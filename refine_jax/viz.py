@@ -39,11 +39,12 @@ def flow_to_color(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray
 
 def save_png(path: str, image: np.ndarray) -> None:
     """Write a uint8 (H, W, 3) image as PNG atomically."""
-    import os
+    import io
     from PIL import Image
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    Image.fromarray(np.asarray(image, np.uint8)).save(tmp)
-    os.replace(tmp, path)
+    from refine_jax import fs
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="png")
+    fs.write_bytes_atomic(path, buf.getvalue())
 
 
 def draw_tracks(frame: np.ndarray, tracks_xy: np.ndarray, visible: np.ndarray,

@@ -107,3 +107,19 @@ def test_track_labels(recipe_pth, tmp_path):
     m2 = generate.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
                            max_queries=64, tau=1e-3, batch=1), str(tmp_path / "w2"), progress=False)
     assert m2["stats"]["kept"] == 0 and m2["records"] == 0  # nothing consistent within 1e-3 px
+
+
+def test_labels_written_to_a_url_equal_local_ones(recipe_pth, videos, tmp_path):
+    """The label stage with a ram:// workdir (the gfile path that gs:// takes) writes what it writes
+    on a local disk."""
+    import uuid
+    from refine_jax import fs
+    url = f"ram://labels-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(recipe_pth("raft_small"), videos, num_devices=8, batch=8, **LOOSE)
+    generate.run(cfg, str(tmp_path / "local"), progress=False)
+    m = generate.run(cfg, url, progress=False)
+    local, local_manifest = _outputs(str(tmp_path / "local"))
+    for name, data in local.items():
+        with fs.open_file(f"{url}/labels/{name}", "rb") as f:
+            assert f.read() == data, name
+    assert m["files"] == local_manifest["files"] == fs.read_json(f"{url}/labels/manifest.json")["files"]

@@ -126,7 +126,7 @@ def test_eight_devices_match_one(setup):
 
 
 def test_batch_must_split_over_devices(setup, tmp_path):
-    with pytest.raises(ValueError, match="batch_size=2 must be a multiple of the 8 devices"):
+    with pytest.raises(ValueError, match=r"batch_size=2 \(the global batch\) must be a multiple of the 8 devices"):
         trainer.run(ml_collections.ConfigDict(_cfg(setup)), str(tmp_path / "w"), progress=False)
 
 

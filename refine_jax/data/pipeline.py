@@ -1,16 +1,24 @@
 """tf.data pipelines over video shards, handing numpy batches to JAX.
 
-Each host reads its own files (`files[process_index::process_count]`), interleaves them, cuts
-windows of `clip_len` frames taken every `frame_stride` source frames (a new window every `hop`
-frames of a record), decodes only those frames, resizes to `size`, shuffles, batches to the per-host
-batch and prefetches. The order is a pure function of (seed, epoch), and the position
-{epoch, batch} can be saved and restored, so a resumed run sees exactly the batches the
-uninterrupted run would have. TensorFlow is kept off GPUs/TPUs.
+Records are interleaved, cut into windows of `clip_len` frames taken every `frame_stride` source
+frames (a new window every `hop` frames of a record), shuffled, and only then decoded (only the
+window's frames), resized to `size`, batched and prefetched. The order is a pure function of
+(seed, epoch), and the position {epoch, batch} can be saved and restored, so a resumed run sees
+exactly the batches the uninterrupted run would have. TensorFlow is kept off GPUs/TPUs.
+
+Several hosts split the work in one of two ways (`split`):
+- 'files': each host reads its own files (`files[process_index::process_count]`) and makes batches
+  of `batch_size` from them. Cheapest; the samples seen depend on the number of hosts.
+- 'rows': every host reads every file in the same order, forms the same global batches of
+  `batch_size`, and decodes only its rows of each (host p: rows [p B / P, (p + 1) B / P)). The
+  batches do not depend on the number of hosts, so a run gives the same result on one host or many
+  (training uses this); reading, not decoding, is repeated on every host.
 
 Batch dict (numpy): frames uint8 (B, T, H, W, 3); video_id (B,) bytes; clip_start (B,) int64 (source
 index of the window's first frame); and when the shards carry it and it is asked for: flow float32
 (B, T-1, H, W, 2) px and flow_valid bool (B, T-1, H, W) (frame_stride 1 only); tracks float32
 (B, N, T, 2) px, visible bool (B, N, T) and track_valid bool (B, N), padded to `max_tracks`.
+B is this host's share of the batch.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ class PipelineConfig:
     frame_stride: int = 1
     hop: int = 0                     # window start step in source frames; 0 = clip_len * frame_stride
     size: Optional[Tuple[int, int]] = None  # (H, W) bilinear resize; None keeps the stored size
-    batch_size: int = 1              # per host
+    batch_size: int = 1              # per host ('files') or global ('rows')
     shuffle: bool = True
     shuffle_buffer: int = 64
     seed: int = 0
@@ -38,6 +46,7 @@ class PipelineConfig:
     max_tracks: int = 0              # >0: output tracks padded/truncated to this many
     checksum: bool = True            # verify shard sha256 against the manifest before reading
     drop_remainder: bool = True
+    split: str = "files"             # how hosts share the data: 'files' or 'rows' (see above)
 
 
 def host_files(files: Sequence[str], process_index: int, process_count: int) -> List[str]:
@@ -49,7 +58,7 @@ def host_files(files: Sequence[str], process_index: int, process_count: int) -> 
 
 
 def _windows(cfg: PipelineConfig):
-    """A tf function: one parsed record -> a dataset of its windows (decoded, resized)."""
+    """A tf function: one parsed record -> a dataset of its windows, still encoded (`_select`)."""
     tf = shards._tf()
     span = (cfg.clip_len - 1) * cfg.frame_stride + 1
     hop = cfg.hop or cfg.clip_len * cfg.frame_stride
@@ -57,19 +66,40 @@ def _windows(cfg: PipelineConfig):
     def fn(rec):
         n = tf.shape(rec["frames"])[0]
         starts = tf.range(0, tf.maximum(n - span + 1, 0), hop)
-        return tf.data.Dataset.from_tensor_slices(starts).map(lambda s: _cut(rec, s, cfg))
+        return tf.data.Dataset.from_tensor_slices(starts).map(lambda s: _select(rec, s, cfg))
     return fn
 
 
-def _cut(rec, start, cfg: PipelineConfig):
+def _select(rec, start, cfg: PipelineConfig):
+    """The encoded pieces of one window, all of fixed shape so windows can be batched before
+    decoding: frame bytes (clip_len,), flow bytes (clip_len - 1,), tracks as stored."""
     tf = shards._tf()
     idx = start + tf.range(cfg.clip_len) * cfg.frame_stride
-    h, w = tf.cast(rec["height"], tf.int32), tf.cast(rec["width"], tf.int32)
+    out = {"video_id": rec["video_id"], "idx": idx,
+           "clip_start": rec["clip_start"] + tf.cast(start, tf.int64) * rec["frame_stride"],
+           "height": tf.cast(rec["height"], tf.int32), "width": tf.cast(rec["width"], tf.int32),
+           "frames": tf.gather(rec["frames"], idx)}
+    if cfg.with_flow:
+        if cfg.frame_stride != 1:
+            raise ValueError("ground-truth flow is stored for consecutive frames; use frame_stride=1")
+        pidx = start + tf.range(cfg.clip_len - 1)
+        out.update(flow_dtype=rec["flow_dtype"], flow=tf.gather(rec["flow"], pidx),
+                   flow_valid=tf.gather(rec["flow_valid"], pidx))
+    if cfg.max_tracks:
+        out.update(num_tracks=tf.cast(rec["num_tracks"], tf.int32),
+                   num_frames=tf.cast(rec["num_frames"], tf.int32),
+                   tracks=rec["tracks"], visible=rec["visible"])
+    return out
+
+
+def _decode(win, cfg: PipelineConfig):
+    """One window from `_select` -> the decoded, resized sample of the batch dict."""
+    tf = shards._tf()
+    h, w = win["height"], win["width"]
     frames = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
-                       tf.gather(rec["frames"], idx), fn_output_signature=tf.uint8)
+                       win["frames"], fn_output_signature=tf.uint8)
     frames = tf.ensure_shape(frames, [cfg.clip_len, None, None, 3])
-    out = {"video_id": rec["video_id"],
-           "clip_start": rec["clip_start"] + tf.cast(start, tf.int64) * rec["frame_stride"]}
+    out = {"video_id": win["video_id"], "clip_start": win["clip_start"]}
     sy = sx = None
     if cfg.size is not None:
         sy = cfg.size[0] / tf.cast(h, tf.float32)
@@ -78,27 +108,23 @@ def _cut(rec, start, cfg: PipelineConfig):
             tf.image.resize(tf.cast(frames, tf.float32), cfg.size, "bilinear"), 0, 255)), tf.uint8)
     out["frames"] = frames
     if cfg.with_flow:
-        if cfg.frame_stride != 1:
-            raise ValueError("ground-truth flow is stored for consecutive frames; use frame_stride=1")
-        pidx = start + tf.range(cfg.clip_len - 1)
-        half = tf.equal(rec["flow_dtype"], "float16")
+        half = tf.equal(win["flow_dtype"], "float16")
 
         def decode_flow(b):
             f = tf.cond(half, lambda: tf.cast(tf.io.decode_raw(b, tf.float16), tf.float32),
                         lambda: tf.io.decode_raw(b, tf.float32))
             return tf.reshape(f, [h, w, 2])
-        flow = tf.map_fn(decode_flow, tf.gather(rec["flow"], pidx), fn_output_signature=tf.float32)
+        flow = tf.map_fn(decode_flow, win["flow"], fn_output_signature=tf.float32)
         valid = tf.map_fn(lambda b: tf.reshape(tf.io.decode_raw(b, tf.uint8), [h, w]),
-                          tf.gather(rec["flow_valid"], pidx), fn_output_signature=tf.uint8)
+                          win["flow_valid"], fn_output_signature=tf.uint8)
         if cfg.size is not None:
             flow = tf.image.resize(flow, cfg.size, "bilinear") * tf.stack([sx, sy])
             valid = tf.image.resize(valid[..., None], cfg.size, "nearest")[..., 0]
         out["flow"], out["flow_valid"] = flow, valid > 0
     if cfg.max_tracks:
-        n = tf.cast(rec["num_tracks"], tf.int32)
-        t_all = tf.cast(rec["num_frames"], tf.int32)
-        tracks = tf.reshape(tf.io.decode_raw(rec["tracks"], tf.float32), [n, t_all, 2])
-        vis = tf.reshape(tf.io.decode_raw(rec["visible"], tf.uint8), [n, t_all])
+        n, t_all, idx = win["num_tracks"], win["num_frames"], win["idx"]
+        tracks = tf.reshape(tf.io.decode_raw(win["tracks"], tf.float32), [n, t_all, 2])
+        vis = tf.reshape(tf.io.decode_raw(win["visible"], tf.uint8), [n, t_all])
         tracks, vis = tf.gather(tracks, idx, axis=1), tf.gather(vis, idx, axis=1) > 0
         if cfg.size is not None:  # half-pixel resize: x' = (x + 0.5) * sx - 0.5
             tracks = (tracks + 0.5) * tf.stack([sx, sy]) - 0.5
@@ -126,7 +152,15 @@ class ClipIterator:
             files.extend(shards.verify_shards(d, cfg.checksum))
         pi = jax.process_index() if process_index is None else process_index
         pc = jax.process_count() if process_count is None else process_count
-        self.files = host_files(sorted(files), pi, pc)
+        if cfg.split == "files":
+            self.files, self.rows = host_files(sorted(files), pi, pc), None
+        elif cfg.split == "rows":
+            if cfg.batch_size % pc:
+                raise ValueError(f"the global batch of {cfg.batch_size} cannot be split over {pc} hosts")
+            per = cfg.batch_size // pc
+            self.files, self.rows = sorted(files), (pi * per, (pi + 1) * per)
+        else:
+            raise ValueError(f"split must be 'files' or 'rows', got {cfg.split!r}")
         self.epoch = int((state or {}).get("epoch", 0))
         self.batch = int((state or {}).get("batch", 0))
         self._it: Optional[Iterator] = None
@@ -148,7 +182,14 @@ class ClipIterator:
         if cfg.shuffle:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch,
                             reshuffle_each_iteration=False)
-        ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
+        batch = cfg.batch_size
+        if self.rows is not None:  # the global batches, then this host's rows of each
+            lo, hi = self.rows
+            ds = ds.batch(batch, drop_remainder=True).map(
+                lambda b: {k: v[lo:hi] for k, v in b.items()}).unbatch()
+            batch = hi - lo
+        ds = ds.map(lambda w: _decode(w, cfg), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch, drop_remainder=cfg.drop_remainder or self.rows is not None)
         opts = tf.data.Options()
         opts.deterministic = True
         ds = ds.with_options(opts)

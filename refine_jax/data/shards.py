@@ -25,6 +25,8 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
+from refine_jax import fs
+
 MANIFEST = "manifest.json"
 SCHEMA = "refine_jax.video_clip.v1"
 
@@ -149,7 +151,7 @@ def decode_record(parsed: Dict) -> Clip:
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -167,7 +169,7 @@ class ShardWriter:
                  extra: Optional[dict] = None):
         self.out_dir, self.name, self.max_bytes = out_dir, name, max_shard_bytes
         self.extra = dict(extra or {})
-        os.makedirs(out_dir, exist_ok=True)
+        fs.makedirs(out_dir)
         self._tmp: List[str] = []
         self._counts: List[int] = []
         self._writer = None
@@ -205,14 +207,14 @@ class ShardWriter:
         files = []
         for k, (tmp, count) in enumerate(zip(self._tmp, self._counts)):
             final = os.path.join(self.out_dir, f"{self.name}-{k:05d}-of-{total:05d}.tfrecord")
-            os.replace(tmp, final)
+            fs.replace(tmp, final)
             files.append({"file": os.path.basename(final), "records": count,
-                          "bytes": os.path.getsize(final), "sha256": sha256_file(final)})
+                          "bytes": fs.size(final), "sha256": sha256_file(final)})
         manifest = {"schema": SCHEMA, "name": self.name, "files": files,
                     "records": sum(f["records"] for f in files),
                     "frames": sum(self.frames_per_video.values()),
                     "videos": dict(sorted(self.frames_per_video.items())), **self.extra}
-        write_json_atomic(os.path.join(self.out_dir, MANIFEST), manifest)
+        fs.write_json_atomic(os.path.join(self.out_dir, MANIFEST), manifest)
         self.manifest = manifest
         return manifest
 
@@ -226,23 +228,15 @@ class ShardWriter:
             self._writer.close()  # leave only temporary names behind
 
 
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def load_manifest(shard_dir: str) -> dict:
     path = os.path.join(shard_dir, MANIFEST)
-    if not os.path.isdir(shard_dir):
+    if not fs.isdir(shard_dir):
         raise ShardError(f"{shard_dir}: shard folder not found")
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise ShardError(f"{path}: missing; {shard_dir} is not a finished shard folder "
                          f"(written by refine_jax ingest or a data generator)")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return fs.read_json(path)
     except json.JSONDecodeError as e:
         raise ShardError(f"{path}: not valid JSON ({e})") from None
 
@@ -253,9 +247,9 @@ def verify_shards(shard_dir: str, checksum: bool = True) -> List[str]:
     paths = []
     for entry in manifest["files"]:
         path = os.path.join(shard_dir, entry["file"])
-        if not os.path.exists(path):
+        if not fs.exists(path):
             raise ShardError(f"{path}: shard listed in {MANIFEST} is missing")
-        size = os.path.getsize(path)
+        size = fs.size(path)
         if size != entry["bytes"]:
             raise ShardError(f"{path}: shard is {size} bytes, {MANIFEST} says {entry['bytes']} "
                              f"(truncated or replaced)")

@@ -21,14 +21,15 @@ import dataclasses
 import json
 import os
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+import zlib
+from typing import Iterator, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from refine_jax import settings
-from refine_jax import checkpoints, parallel
+from refine_jax import checkpoints, fs, parallel
 from refine_jax.data import shards
 from refine_jax.labels import cycle
 from refine_jax.models.pips import Pips, PipsConfig
@@ -59,8 +60,9 @@ class LabelConfig:
     cap_per_bin: int = 0
     min_speed: float = 0.0
     max_queries: int = 512
-    num_devices: int = 0       # 0: all devices
+    num_devices: int = 0       # 0: all devices (of this process)
     seed: int = 0
+    rounds: int = 1            # label-and-train rounds; the loop is in main.py
 
     @classmethod
     def from_config(cls, c) -> "LabelConfig":
@@ -100,7 +102,9 @@ class FlowLabeler:
             return fw, valid, cyc
 
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        self.fn = jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b))
+        jitted = jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b))
+        self.variables = parallel.put(variables, r)
+        self.fn = lambda v, im1, im2: jitted(v, parallel.put(im1, b), parallel.put(im2, b))
 
     def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
         t, h, w = clip.frames.shape[:3]
@@ -153,7 +157,6 @@ class TrackLabeler:
     def __init__(self, cfg: PipsConfig, variables, lc: LabelConfig, mesh):
         self.cfg = dataclasses.replace(cfg, stride=lc.stride)
         self.variables, self.lc, self.mesh = variables, lc, mesh
-        self.rng = np.random.default_rng(lc.seed)
         iters = lc.iters or 6
         model = Pips(self.cfg)
 
@@ -166,7 +169,15 @@ class TrackLabeler:
 
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
         jitted = jax.jit(fn, in_shardings=(r, b, b, r), out_shardings=(b, b, b, b))
-        self.fn = lambda v, frames, xys: jitted(v, frames, xys, jnp.float32(lc.tau))
+        self.variables = parallel.put(variables, r)
+        tau = parallel.put(np.float32(lc.tau), r)
+        self.fn = lambda v, frames, xys: jitted(v, parallel.put(frames, b), parallel.put(xys, b), tau)
+
+    def _rng(self, clip, start) -> np.random.Generator:
+        """The re-balancing draw for one window: a function of (seed, video, window) only, so labels do
+        not depend on which process labels the shard, or on a resumed run's starting point."""
+        key = zlib.crc32(f"{clip.video_id}:{clip.clip_start + start * clip.frame_stride}".encode())
+        return np.random.default_rng([self.lc.seed, key])
 
     def _queries(self, clip, start, h, w):
         """(max_queries, 2) padded queries, their count, and how many leading ones are GT points."""
@@ -217,7 +228,7 @@ class TrackLabeler:
                 kept = np.nonzero(keep[j][:n])[0]
                 self._gt_stats(stats, clip, st, tracks, keep[j][:n], n_gt)
                 chosen = kept[cycle.rebalance(tracks[kept], self.lc.speed_bins, self.lc.cap_per_bin,
-                                              self.lc.min_speed, self.rng)] if len(kept) else kept
+                                              self.lc.min_speed, self._rng(clip, st))] if len(kept) else kept
                 _add(stats, "samples", 1)
                 _add(stats, "total", n)
                 _add(stats, "kept", len(kept))
@@ -290,23 +301,21 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     lc = LabelConfig.from_config(config.get("label"))
     init = init or config.init
     loaded = checkpoints.load_model(init)
-    mesh = parallel.make_mesh(lc.num_devices or None)
+    mesh = parallel.make_mesh(lc.num_devices or None, local=True)
     labeler = (FlowLabeler if isinstance(loaded.cfg, RAFTConfig) else TrackLabeler)(
         loaded.cfg, loaded.variables, lc, mesh)
     inputs = []
     for d in _video_dirs(config.data.videos):
         inputs.extend(shards.verify_shards(d, checksum=True))
     out_dir = os.path.join(workdir, lc.out)
-    os.makedirs(out_dir, exist_ok=True)
+    fs.makedirs(out_dir)
     start, done_records = time.time(), 0
-    bar = tqdm(inputs, desc=f"label ({loaded.arch})", unit="shard", disable=not progress)
-    per_shard = []
+    mine = parallel.process_share(inputs)
+    bar = tqdm(mine, desc=f"label ({loaded.arch})", unit="shard",
+               disable=not (progress and parallel.is_main_process()))
     for path in bar:
-        stem = os.path.basename(path).removesuffix(".tfrecord")
-        final = os.path.join(out_dir, f"{stem}.labels.tfrecord")
-        stats_path = os.path.join(out_dir, f".{stem}.stats.json")
-        if os.path.exists(stats_path) and os.path.exists(final):
-            per_shard.append(json.load(open(stats_path)))
+        final, stats_path = _outputs(out_dir, path)
+        if fs.exists(stats_path) and fs.exists(final):
             continue
         tmp = f"{final}.tmp"
         stats: dict = {}
@@ -319,21 +328,38 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
                     records += 1
                 done_records += 1
                 bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
-        os.replace(tmp, final)
-        entry = {"file": os.path.basename(final), "records": records, "bytes": os.path.getsize(final),
+        fs.replace(tmp, final)
+        entry = {"file": os.path.basename(final), "records": records, "bytes": fs.size(final),
                  "sha256": shards.sha256_file(final), "source": os.path.basename(path), "stats": stats}
-        shards.write_json_atomic(stats_path, entry)
-        per_shard.append(entry)
+        fs.write_json_atomic(stats_path, entry)
+    parallel.barrier("label: shards written")
+    manifest = _manifest(inputs, out_dir, lc, init, loaded)
+    if parallel.is_main_process():
+        fs.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), manifest)
+    parallel.barrier("label: manifest written")
+    return manifest
+
+
+def _outputs(out_dir: str, path: str) -> Tuple[str, str]:
+    """The label shard of input shard `path` and its stats file (which marks it finished)."""
+    stem = os.path.basename(path).removesuffix(".tfrecord")
+    return (os.path.join(out_dir, f"{stem}.labels.tfrecord"), os.path.join(out_dir, f".{stem}.stats.json"))
+
+
+def _manifest(inputs, out_dir, lc, init, loaded) -> dict:
+    """The label manifest over every input shard's stats file, in input order."""
+    per_shard = []
+    for path in inputs:
+        per_shard.append(fs.read_json(_outputs(out_dir, path)[1]))
     total: dict = {}
     for e in per_shard:
         _merge(total, e["stats"])
     manifest = {"schema": shards.SCHEMA, "name": "labels", "kind": "flow" if isinstance(loaded.cfg, RAFTConfig) else "tracks",
                 "files": [{k: e[k] for k in ("file", "records", "bytes", "sha256", "source")} for e in per_shard],
                 "records": sum(e["records"] for e in per_shard),
-                "label_config": dataclasses.asdict(lc), "model": os.path.abspath(init),
+                "label_config": dataclasses.asdict(lc), "model": fs.abspath(init),
                 "model_sha256": checkpoints.fingerprint(init), "model_arch": loaded.arch,
                 "stats": _summary(total)}
-    shards.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), manifest)
     return manifest
 
 

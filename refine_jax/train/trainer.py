@@ -15,8 +15,7 @@ import dataclasses
 import json
 import os
 import signal
-import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import flax
 import jax
@@ -26,10 +25,9 @@ import optax
 import orbax.checkpoint as ocp
 
 from refine_jax import settings
-from refine_jax import checkpoints, parallel
+from refine_jax import checkpoints, fs, parallel
 from refine_jax.data import pipeline
 from refine_jax.models import build_model
-from refine_jax.models.pips import PipsConfig
 from refine_jax.models.raft import RAFTConfig
 from refine_jax.train import augment, losses
 
@@ -166,14 +164,21 @@ class TrainConfig:
 
 
 class _Preempted:
-    """Remembers a SIGTERM so the loop can save at the next step boundary."""
+    """Remembers a SIGTERM so the loop can save at the next step boundary. With several processes
+    they agree first: if any of them got the signal, all save and stop at the same step."""
 
     def __init__(self):
-        self.flag = False
+        self._flag = False
         self._old = signal.signal(signal.SIGTERM, self._handler)
 
     def _handler(self, *_):
-        self.flag = True
+        self._flag = True
+
+    @property
+    def flag(self) -> bool:
+        if jax.process_count() == 1:
+            return self._flag
+        return bool(parallel.allgather(np.asarray(self._flag)).any())
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._old)
@@ -194,8 +199,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         raise ValueError(f"augment.crop={ac.crop}: RAFT training crops must be multiples of 8 and >= 128")
     mesh = parallel.make_mesh(tc.num_devices or None)
     if tc.batch_size % mesh.size:
-        raise ValueError(f"train.batch_size={tc.batch_size} must be a multiple of the {mesh.size} "
-                         f"devices of the mesh (or set train.num_devices)")
+        raise ValueError(f"train.batch_size={tc.batch_size} (the global batch) must be a multiple of "
+                         f"the {mesh.size} devices of the mesh (or set train.num_devices)")
     tx = make_optimizer(tc)
     params = loaded.variables["params"]
     batch_stats = loaded.variables.get("batch_stats", {})
@@ -206,11 +211,11 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         data_dirs, clip_len=tc.clip_len or (2 if is_raft else model_cfg.S),
         hop=1 if is_raft else 0, size=tc.size or None,
         batch_size=tc.batch_size, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer,
-        with_flow=is_raft, max_tracks=0 if is_raft else tc.max_tracks)
-    ckpt_dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        with_flow=is_raft, max_tracks=0 if is_raft else tc.max_tracks, split="rows")
+    ckpt_dir = fs.abspath(os.path.join(workdir, "checkpoints"))
     options = ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints or None, create=True)
     meta = {"config": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
-            "model": {"arch": model_cfg.arch, **model_cfg.to_dict()}, "init": os.path.abspath(init),
+            "model": {"arch": model_cfg.arch, **model_cfg.to_dict()}, "init": fs.abspath(init),
             "init_provenance": loaded.provenance}
     data_state = None
     with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
@@ -222,16 +227,18 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             data_state = restored["data"]
         data = pipeline.ClipIterator(pcfg, state=data_state)
         step_fn = make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn, ac)
-        writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        main_process = parallel.is_main_process()
+        writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if main_process
+                  else tf.summary.create_noop_writer())
         preempt = _Preempted()
         start = int(state.step)
         bar = tqdm(total=tc.steps, initial=start, desc=f"train ({model_cfg.arch})", unit="step",
-                   disable=not progress)
+                   disable=not (progress and main_process))
         loss = float("nan")
 
         def save(step):
-            mngr.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(jax.device_get(state)), data=ocp.args.JsonSave(data.state()),
+            mngr.save(step, args=ocp.args.Composite(  # collective: every process calls it
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data.state()),
                 meta=ocp.args.JsonSave(meta)), force=True)
             mngr.wait_until_finished()
         try:
@@ -241,7 +248,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
                     bar.close()
                     return {"step": int(state.step), "loss": loss, "preempted": True}
                 batch = {k: v for k, v in next(data).items() if v.dtype.kind != "O" and v.dtype.kind != "S"}
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, parallel.global_batch(batch, mesh))
                 step = int(state.step)
                 loss = float(metrics["loss"])
                 if not np.isfinite(loss):
@@ -260,10 +267,11 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             writer.flush()
             bar.close()
     model_dir = os.path.join(workdir, "model")
-    if not os.path.exists(model_dir):
+    parallel.barrier("train: before export")  # every process sees the same model_dir
+    if not fs.exists(model_dir):
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-        checkpoints.save_model(model_dir, model_cfg, jax.device_get(variables),
-                               {"trained_from": os.path.abspath(init), "steps": int(state.step),
+        checkpoints.save_model(model_dir, model_cfg, parallel.to_host(variables),
+                               {"trained_from": fs.abspath(init), "steps": int(state.step),
                                 "init_provenance": loaded.provenance})
     return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
 

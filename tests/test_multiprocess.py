@@ -1,0 +1,105 @@
+"""Two processes on this machine (loopback coordinator, 4 fake CPU devices each) run the label and
+train stages of a tiny RAFT config: the labels equal one process with 8 devices byte for byte, and
+the trained parameters equal it up to the summation order of the cross-process gradient reduction."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from refine_jax import checkpoints, models
+from refine_jax.data import shards, synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("REFINE_JAX_TEST_CACHE", os.path.join(ROOT, ".jax_cache"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
+            "JAX_COMPILATION_CACHE_DIR": CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2", "REFINE_JAX_NUM_PROCESSES": "", "REFINE_JAX_COORDINATOR": "",
+            "REFINE_JAX_PROCESS_ID": ""}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A random-init RAFT-small and 4 procedural videos in 3 shards."""
+    d = tmp_path_factory.mktemp("mp")
+    checkpoints.init_model(str(d / "init"), models.model_config("raft_small"), seed=0)
+    with shards.ShardWriter(str(d / "videos"), "target", max_shard_bytes=150_000) as w:
+        for i in range(4):
+            w.write_clip(synthetic.render_video(synthetic.PRESETS["target"], 11 + i, 4, 128, 128, 0,
+                                                video_id=f"v{i}"), "png")
+    assert len(w.manifest["files"]) >= 3
+    return d
+
+
+def _args(d, workdir):
+    return [sys.executable, "-m", "refine_jax.main", f"--config={ROOT}/configs/raft.py:runlocal",
+            f"--workdir={workdir}", "--config.stages=label,train", f"--config.init={d / 'init'}",
+            f"--config.data.videos={d / 'videos'}", "--config.train.batch_size=8",
+            "--config.train.steps=2", "--config.train.save_every=1", "--config.augment.crop=(128,128)"]
+
+
+def _run_two_processes(d, workdir):
+    port = _free_port()
+    procs = [subprocess.Popen(_args(d, workdir) + [f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+                                                   f"--process_id={i}"],
+                              env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+
+
+def test_two_processes_equal_one(setup, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = subprocess.run(_args(setup, one), env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_two_processes(setup, two)
+
+    # labels: the same shards byte for byte, and one manifest listing all of them
+    names = sorted(os.path.basename(p) for p in glob.glob(str(one / "labels" / "*.labels.tfrecord")))
+    assert len(names) >= 3
+    assert names == sorted(os.path.basename(p) for p in glob.glob(str(two / "labels" / "*.labels.tfrecord")))
+    for n in names:
+        assert (one / "labels" / n).read_bytes() == (two / "labels" / n).read_bytes(), n
+    m1, m2 = (json.loads((w / "labels" / "manifest.json").read_text()) for w in (one, two))
+    assert m1["files"] == m2["files"] and m1["stats"]["kept"] == m2["stats"]["kept"] > 0
+
+    # training: the same final parameters (each process fed its half of every global batch), up to
+    # the order of the gradient all-reduce, which differs between one process and two (gloo)
+    p1, p2 = (checkpoints.load_model(str(w / "model")).variables for w in (one, two))
+    leaves1, leaves2, init = (np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(v)])
+                              for v in (p1, p2, checkpoints.load_model(str(setup / "init")).variables))
+    assert not np.array_equal(leaves1, init)  # it did train
+    diff = np.abs(leaves1 - leaves2)
+    assert np.mean(diff <= 1e-6) > 0.999, np.mean(diff <= 1e-6)
+    assert diff.max() <= 2 * 1e-4  # a flipped Adam update on a near-zero gradient moves a weight by ~lr
+    s1, s2 = _scalars(one), _scalars(two)
+    assert set(s1) == set(s2) and ("train/loss", 2) in s1
+    for key in s1:
+        np.testing.assert_allclose(s1[key], s2[key], rtol=1e-5, err_msg=str(key))
+    assert sorted(os.listdir(two / "checkpoints")) == sorted(os.listdir(one / "checkpoints"))
+
+
+def _scalars(workdir):
+    """{(tag, step): value} from the TensorBoard event files of a run."""
+    import tensorflow as tf
+    out = {}
+    for path in glob.glob(str(workdir / "tensorboard" / "*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = float(tf.make_ndarray(v.tensor))
+    return out
