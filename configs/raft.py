@@ -28,7 +28,8 @@ def get_config(arg=None):
     # 1.3 levels) and beta 0.1 px keep 0.02% of pixels there. The demo uses 0.02 and 0.5 px (6%
     # yield); :sintel keeps the reference values.
     c.label = ml_collections.ConfigDict({
-        "batch": 8, "iters": 12, "alpha": 0.002, "beta": 0.5, "color_thresh": 0.02, "max_flow": 400.0})
+        "batch": 8, "iters": 12, "alpha": 0.002, "beta": 0.5, "color_thresh": 0.02, "max_flow": 400.0,
+        "rounds": 1})
     c.augment = ml_collections.ConfigDict({
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
         "asym_prob": 0.2, "crop": (128, 128), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})

@@ -9,7 +9,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("config", ["raft"])  # pips:runlocal does not finish yet (see the note)
+@pytest.mark.parametrize("config", ["raft", "pips"])
 def test_runlocal_all_stages(config, tmp_path):
     wd = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "refine_jax.main", f"--config={ROOT}/configs/{config}.py:runlocal",
@@ -32,3 +32,15 @@ def test_runlocal_all_stages(config, tmp_path):
                            cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((wd / "eval" / "metrics.json").read_text())["after"] == m["after"]
+    if config == "pips":
+        return
+    # a second round labels with the first round's model and trains from it in round2/
+    more = subprocess.run([sys.executable, "-m", "refine_jax.main", f"--config={ROOT}/configs/{config}.py:runlocal",
+                           f"--workdir={wd}", "--config.stages=label,train,eval", "--config.label.rounds=2"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert more.returncode == 0, more.stderr[-3000:]
+    labels2 = json.loads((wd / "round2" / "labels" / "manifest.json").read_text())
+    assert labels2["model"] == str(wd / "model")
+    m2 = json.loads((wd / "eval" / "metrics.json").read_text())
+    assert m2["model_after"] == str(wd / "round2" / "model") and m2["before"] == m["before"]
+    assert m2["after"] != m["after"]
