@@ -1,7 +1,7 @@
 """PIPs refinement configs.
 
 Default (no preset): the embedded demo on procedural video with a reduced PIPs (latent 64, mixer
-256 x 4), pre-trained on the source domain, refined on the target domain:
+128 x 2), pre-trained on the source domain, refined on the target domain:
   python -m refine_jax.main --config=configs/pips.py --workdir=runs/pips_demo
 Reference recipes (init = the PIPs reference checkpoint or a converted folder; data = shards of the
 benchmark with ground truth, see refine_jax.data.benchmarks):
@@ -26,9 +26,9 @@ def get_config(arg=None):
     c.stages = ("generate", "pretrain", "label", "train", "eval")
     c.data = ml_collections.ConfigDict({"videos": ""})
     c.demo = ml_collections.ConfigDict({
-        "arch": "pips", "model": {"latent_dim": 64, "mixer_dim": 256, "mixer_depth": 4, "stride": 4},
+        "arch": "pips", "model": {"latent_dim": 64, "mixer_dim": 128, "mixer_depth": 2, "stride": 4},
         "source_videos": 24, "target_videos": 4, "frames": 8, "size": (128, 128), "tracks": 64, "seed": 0,
-        "pretrain": {"steps": 200, "batch_size": 4, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
+        "pretrain": {"steps": 200, "batch_size": 2, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
                      "gamma": 0.8, "save_every": 100, "keep_checkpoints": 1, "log_every": 20,
                      "max_tracks": 64}})
     c.label = ml_collections.ConfigDict({
@@ -39,7 +39,7 @@ def get_config(arg=None):
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
         "asym_prob": 0.2, "crop": (), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
     c.train = ml_collections.ConfigDict({
-        "steps": 100, "batch_size": 4, "lr": 1e-4, "schedule": "cosine", "schedule_steps": 0,
+        "steps": 100, "batch_size": 2, "lr": 1e-4, "schedule": "cosine", "schedule_steps": 0,
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 4, "gamma": 0.8,
         "score_map_loss": False, "vis_loss": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "max_tracks": 128})
