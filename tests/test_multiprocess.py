@@ -1,6 +1,7 @@
 """Two processes on this machine (loopback coordinator, 4 fake CPU devices each) run the label and
 train stages of a tiny RAFT config: the labels equal one process with 8 devices byte for byte, and
-the trained parameters equal it up to the summation order of the cross-process gradient reduction."""
+the trained parameters equal it up to the summation order of the cross-process gradient reduction;
+the eval stage splits its clips over the processes and gathers the same metrics."""
 import glob
 import json
 import os
@@ -47,7 +48,7 @@ def setup(tmp_path_factory):
 
 def _args(d, workdir):
     return [sys.executable, "-m", "refine_jax.main", f"--config={ROOT}/configs/raft.py:runlocal",
-            f"--workdir={workdir}", "--config.stages=label,train", f"--config.init={d / 'init'}",
+            f"--workdir={workdir}", "--config.stages=label,train,eval", f"--config.init={d / 'init'}",
             f"--config.data.videos={d / 'videos'}", "--config.train.batch_size=8",
             "--config.train.steps=2", "--config.train.save_every=1", "--config.augment.crop=(128,128)"]
 
@@ -92,6 +93,17 @@ def test_two_processes_equal_one(setup, tmp_path):
     for key in s1:
         np.testing.assert_allclose(s1[key], s2[key], rtol=1e-5, err_msg=str(key))
     assert sorted(os.listdir(two / "checkpoints")) == sorted(os.listdir(one / "checkpoints"))
+
+    # evaluation: clips split over the processes, per-pair metrics gathered to process 0
+    e1, e2 = (json.loads((w / "eval" / "metrics.json").read_text()) for w in (one, two))
+    assert e1["clips"] == e2["clips"] == 4
+    for key, value in e1["before"].items():
+        assert e2["before"][key] == pytest.approx(value, rel=1e-6), key
+    for key, value in e1["after"].items():
+        assert e2["after"][key] == pytest.approx(value, rel=1e-5), key  # measured 6e-7 (EPE)
+    assert [s for s, _ in e1["curve"]] == [s for s, _ in e2["curve"]] == [0, 1, 2]
+    assert [v for _, v in e2["curve"]] == pytest.approx([v for _, v in e1["curve"]], rel=1e-5)
+    assert (two / "eval" / "report.md").exists()
 
 
 def _scalars(workdir):
