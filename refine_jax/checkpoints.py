@@ -16,7 +16,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
-from refine_jax import models
+from refine_jax import fs, models
 
 MODEL_JSON = "model.json"
 VARIABLES = "variables"
@@ -31,14 +31,6 @@ class LoadedModel:
     @property
     def arch(self) -> str:
         return self.cfg.arch
-
-
-def write_json_atomic(path, obj) -> None:
-    """Write JSON to a temporary name, then rename (never a half-written file)."""
-    path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    tmp.replace(path)  # overwrite: a re-run rewrites its outputs
 
 
 def save_model(out_dir, cfg, variables, provenance: dict) -> None:
@@ -58,7 +50,7 @@ def save_model(out_dir, cfg, variables, provenance: dict) -> None:
         ckptr.save((tmp / VARIABLES).absolute(), variables)
         ckptr.wait_until_finished()
     if parallel.is_main_process():
-        write_json_atomic(tmp / MODEL_JSON, {"arch": cfg.arch, "model": cfg.to_dict(),
+        fs.write_json_atomic(os.fspath(tmp / MODEL_JSON), {"arch": cfg.arch, "model": cfg.to_dict(),
                                               "provenance": provenance})
         tmp.rename(out)
     parallel.barrier(f"save_model {out}: renamed")
@@ -84,17 +76,21 @@ def init_model(out_dir, cfg, seed: int = 0) -> None:
 
 
 def fingerprint(path) -> str:
-    """sha256 of a checkpoint: of the file, or of every file of a folder (names and bytes, sorted)."""
+    """sha256 of a checkpoint: of the file, or of every file of a folder (names relative to it and
+    bytes, sorted by name). Local paths and URLs (gs://) give the same hash for the same files."""
     import hashlib
+    path = os.fspath(path).rstrip("/")
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
     h = hashlib.sha256()
-    if os.path.isfile(path):
+    if fs.isfile(path):
         files = [(os.path.basename(path), path)]
     else:
-        files = sorted((os.path.relpath(os.path.join(r, n), path), os.path.join(r, n))
-                       for r, _, names in os.walk(path) for n in names)
+        files = sorted((os.path.join(r, n)[len(path):].lstrip("/"), os.path.join(r, n))
+                       for r, _, names in fs.walk(path) for n in names)
     for rel, full in files:
         h.update(rel.encode())
-        with open(full, "rb") as f:
+        with fs.open_file(full, "rb") as f:
             h.update(f.read())
     return h.hexdigest()
 

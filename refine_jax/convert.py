@@ -12,6 +12,7 @@ CLI:
 """
 from __future__ import annotations
 
+import io
 import os
 from collections import OrderedDict
 from typing import Dict, Tuple
@@ -102,10 +103,15 @@ def load_torch_state_dict(path: str) -> "OrderedDict[str, np.ndarray]":
     """Read a .pth safely (`weights_only=True`) and return numpy tensors, prefixes untouched."""
     import torch  # lazy: only needed to read .pth files
 
-    if not os.path.isfile(path):
+    from refine_jax import fs
+    if not fs.isfile(path):
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if fs.is_remote(path):  # gs://...: torch reads file objects, not URLs
+            with fs.open_file(path, "rb") as f:
+                obj = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or hostile files
         raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e

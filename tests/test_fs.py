@@ -1,5 +1,6 @@
 """Paths with a scheme go through tf.io.gfile: shards, manifests and pipelines on TensorFlow's
 in-memory filesystem (ram://) behave as on a local disk, as they would on gs://."""
+import os
 import uuid
 
 import numpy as np
@@ -50,3 +51,31 @@ def test_shards_on_a_url(url, tmp_path):
         f.write(bytes(data))
     with pytest.raises(shards.ShardError, match=f"{first}: shard content does not match its sha256"):
         shards.verify_shards(f"{url}/v")
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for root, _, names in fs.walk(src):
+        for n in names:
+            rel = os.path.relpath(os.path.join(root, n), src)
+            fs.makedirs(os.path.dirname(f"{dst}/{rel}"))
+            with open(os.path.join(root, n), "rb") as f:
+                fs.write_bytes_atomic(f"{dst}/{rel}", f.read())
+
+
+def test_checkpoint_fingerprint_and_pth_on_a_url(url, tmp_path):
+    """The label manifest's model hash is the same for a checkpoint folder on a URL, and an
+    official .pth is read from a URL (still with weights_only=True)."""
+    import torch
+    from refine_jax import checkpoints, convert, models
+    local = str(tmp_path / "model")
+    checkpoints.init_model(local, models.model_config("raft_small"), seed=0)
+    _copy_tree(local, f"{url}/model")
+    assert checkpoints.fingerprint(f"{url}/model") == checkpoints.fingerprint(local)
+    assert checkpoints.fingerprint(f"{url}/model/") == checkpoints.fingerprint(local)
+    with pytest.raises(FileNotFoundError, match=f"{url}/missing: no such checkpoint"):
+        checkpoints.fingerprint(f"{url}/missing")
+    torch.save({"model.w": torch.arange(6.0).reshape(2, 3)}, str(tmp_path / "m.pth"))
+    _copy_tree(str(tmp_path), f"{url}/pth")
+    state = convert.load_torch_state_dict(f"{url}/pth/m.pth")
+    np.testing.assert_array_equal(state["model.w"], np.arange(6.0).reshape(2, 3))
+    assert checkpoints.fingerprint(f"{url}/pth/m.pth") == checkpoints.fingerprint(str(tmp_path / "m.pth"))
