@@ -16,7 +16,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils import epath
 
-from refine_jax import fs, models
+from refine_jax import fs, models, parallel
 
 MODEL_JSON = "model.json"
 VARIABLES = "variables"
@@ -36,7 +36,6 @@ class LoadedModel:
 def save_model(out_dir, cfg, variables, provenance: dict) -> None:
     """Save variables + config + provenance into `out_dir` (must not exist yet); atomic. With
     several processes every one calls it (Orbax writes collectively); the main one renames."""
-    from refine_jax import parallel
     out = epath.Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose a new output folder")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 
-from refine_jax import checkpoints, fs, models
+from refine_jax import checkpoints, fs, models, parallel
 from refine_jax.data import shards, synthetic
 
 
@@ -28,7 +28,6 @@ def pretrained_dir(workdir):
 
 def generate(config, workdir: str) -> dict:
     """Write the source and target shards (the main process; the others wait for it)."""
-    from refine_jax import parallel
     d = config.demo
     for name, videos, seed in (("source", d.source_videos, d.seed), ("target", d.target_videos, d.seed + 1)):
         path = os.path.join(workdir, "data", name)
@@ -44,7 +43,6 @@ def pretrain(config, workdir: str) -> dict:
     d = config.demo
     root = os.path.join(workdir, "pretrain")
     init = os.path.join(root, "init")
-    from refine_jax import parallel
     parallel.barrier("pretrain: before init")  # every process sees the same folder
     if not fs.exists(os.path.join(init, checkpoints.MODEL_JSON)):
         cfg = models.model_config(d.arch, dict(d.get("model", {})))

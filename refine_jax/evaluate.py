@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from refine_jax import checkpoints, fs, metrics, viz
+from refine_jax import checkpoints, fs, metrics, parallel, viz
 from refine_jax import settings
 from refine_jax.data import shards
 
@@ -107,7 +107,6 @@ def _gather_rows(rows: List[Dict[str, float]], keys: Sequence[str]) -> List[Dict
     """Every process's metric rows (dicts over `keys`), in process order; with one process, `rows`."""
     if jax.process_count() == 1:
         return rows
-    from refine_jax import parallel
     counts = parallel.allgather(np.asarray(len(rows)))
     local = np.full((int(counts.max()), len(keys)), np.nan)
     for i, r in enumerate(rows):
@@ -126,7 +125,6 @@ def _evaluate(loaded, clips, ec):
 def _checkpoint_variables(workdir: str):
     """(step, variables) of every training checkpoint kept in WORKDIR/checkpoints."""
     import orbax.checkpoint as ocp
-    from refine_jax import parallel
     ck = fs.abspath(os.path.join(workdir, "checkpoints"))
     if not fs.isdir(ck):
         return []
@@ -145,7 +143,6 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     WORKDIR; the last round's folder with label.rounds > 1) with the curve over TRAINED/checkpoints;
     write WORKDIR/eval."""
     ec = EvalConfig.from_config(config.get("eval"))
-    from refine_jax import parallel
     before = checkpoints.load_model(init or config.init)
     all_clips = _clips(ec, config)
     clips = parallel.process_share(all_clips)  # each process its share; metrics are gathered
