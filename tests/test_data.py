@@ -1,4 +1,5 @@
 """Video shards, the tf.data pipeline, ingest, procedural ground truth."""
+import dataclasses
 import itertools
 import json
 import os
@@ -8,6 +9,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from refine_jax.data import ingest as ingest_lib, pipeline, shards, synthetic
+from refine_jax.data import shifts as shifts_lib
 from refine_jax.data import frames as frames_lib
 
 
@@ -129,7 +131,7 @@ def test_deterministic_and_resumable(tmp_path):
     it = pipeline.ClipIterator(cfg)
     first = take(it, 7)
     state = it.state()
-    assert state == {"epoch": 1, "batch": 1}
+    assert state == {"epoch": 1, "sample": 2}
     resumed = take(pipeline.ClipIterator(cfg, state=state), 8)
     assert first + resumed == full
 
@@ -169,9 +171,11 @@ def test_synthetic_ground_truth_is_exact():
         f, v = clip.flow[t], clip.flow_valid[t]
         warp = np.stack([map_coordinates(clip.frames[t + 1][..., k].astype(float),
                                          [yy + f[..., 1], xx + f[..., 0]], order=1) for k in range(3)], -1)
-        err = np.abs(warp - clip.frames[t]).mean(-1)[v]
-        still = np.abs(clip.frames[t + 1].astype(float) - clip.frames[t]).mean(-1)[v]
-        assert v.mean() > 0.8 and err.mean() < 1.5 and err.mean() < 0.3 * still.mean(), (t, err.mean())
+        err = np.abs(warp - clip.frames[t]).mean(-1)
+        still = np.abs(clip.frames[t + 1].astype(float) - clip.frames[t]).mean(-1)
+        moving = v & (np.linalg.norm(f, axis=-1) > 1.5)  # sharp textures interpolate to ~1 grey level
+        assert v.mean() > 0.8 and np.median(err[v]) < 1.0, (t, np.median(err[v]))
+        assert not moving.any() or err[moving].mean() < 0.3 * still[moving].mean(), t
     # tracks land on the same texture point: the colour at the track matches the query's colour
     q = clip.query_points
     c0 = np.stack([map_coordinates(clip.frames[0][..., k].astype(float), [q[:, 2], q[:, 1]], order=1)
@@ -185,16 +189,74 @@ def test_synthetic_ground_truth_is_exact():
     np.testing.assert_allclose(clip.tracks[:, 0], q[:, 1:], atol=1e-4)
 
 
-def test_synthetic_target_domain_is_harder(tmp_path):
-    src = synthetic.render_video(synthetic.PRESETS["source"], 1, 6, 64, 80)
-    tgt = synthetic.render_video(synthetic.PRESETS["target"], 1, 6, 64, 80)
-    assert np.linalg.norm(tgt.flow, axis=-1).mean() > 2 * np.linalg.norm(src.flow, axis=-1).mean()
+def test_target_shifts_change_appearance_not_geometry(tmp_path):
+    src = synthetic.render_video(synthetic.PRESETS["source"], 1, 4, 64, 80, num_tracks=16)
+    tgt = synthetic.render_video(synthetic.PRESETS["target"], 1, 4, 64, 80, num_tracks=16)
+    for k in ("flow", "flow_valid", "tracks", "visible", "query_points"):
+        np.testing.assert_array_equal(getattr(src, k), getattr(tgt, k), err_msg=k)
+    assert np.abs(src.frames.astype(float) - tgt.frames).mean() > 5
+    src = synthetic.render_video(synthetic.PRESETS["source"], 1, 3, 64, 80)
+    for name in shifts_lib.NAMES:
+        one = synthetic.render_video(synthetic.domain("source", [(name, 1.0)]), 1, 3, 64, 80)
+        two = synthetic.render_video(synthetic.domain("source", [(name, 2.0)]), 1, 3, 64, 80)
+        np.testing.assert_array_equal(one.flow, src.flow, err_msg=name)
+        d1 = np.abs(one.frames.astype(float) - src.frames).mean()
+        d2 = np.abs(two.frames.astype(float) - src.frames).mean()
+        assert 0 < d1 < d2 or (name == "textures" and d1 > 0 and d2 > 0), (name, d1, d2)
+    with pytest.raises(ValueError, match="unknown shift 'rain'"):
+        synthetic.domain("target", [("rain", 1.0)])
+    assert shifts_lib.parse("fog:1, noise:2.5") == (("fog", 1.0), ("noise", 2.5))
     synthetic.main(["--preset=target", f"--out={tmp_path}", "--videos=2", "--frames=4", "--size=32,40",
-                    "--tracks=8"])
+                    "--tracks=8", "--shifts=jpeg:1"])
     m = shards.load_manifest(str(tmp_path))
-    assert m["records"] == 2 and m["preset"] == "target" and m["frames"] == 8
+    assert m["records"] == 2 and m["preset"] == "target" and m["frames"] == 8 and m["shifts"] == "jpeg 1"
     clips = list(shards.read_clips(str(tmp_path)))
     assert clips[0].tracks.shape == (8, 4, 2) and clips[0].flow.shape == (3, 32, 40, 2)
+
+
+def test_shapes_and_motion_statistics():
+    from matplotlib.path import Path
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-60, 60, (4000, 2))
+    for _ in range(5):  # the sector test is the polygon test, holes included
+        shape = synthetic.random_shape("holed", rng, 50.0)
+        outer = Path(np.stack([shape.radii * np.cos(shape.angles), shape.radii * np.sin(shape.angles)], -1))
+        inner = Path(np.stack([shape.hole.radii * np.cos(shape.hole.angles),
+                               shape.hole.radii * np.sin(shape.hole.angles)], -1))
+        expect = outer.contains_points(pts) & ~inner.contains_points(pts)
+        assert (shape.contains(pts) == expect).mean() > 0.995
+        assert shape.contains(np.zeros((1, 2)))[0] == False  # noqa: E712 (the hole holds the centre)
+    bar = synthetic.random_shape("bar", rng, 40.0)
+    assert bar.half[1] <= 0.2 * bar.half[0]
+    cfg = synthetic.PRESETS["source"]
+    speeds = np.array([synthetic._speed(cfg, rng, 256) for _ in range(4000)])
+    assert speeds.max() <= 0.15 * 256 + 1e-9 and (speeds > 0.1 * 256).any()       # up to 15 % of the side
+    assert np.median(speeds) < 0.7 * speeds.mean()                                  # heavy-tailed
+    assert 0.05 < (speeds < 0.5).mean() < 0.3                                        # some layers stand still
+    assert 0.8 * 0.025 * 256 < speeds.mean() < 1.1 * 0.025 * 256
+
+
+def test_few_samples_fill_batches_across_epochs(tmp_path):
+    _write(tmp_path, [_clip(i, t=2, gt=False) for i in range(3)])
+    cfg = pipeline.PipelineConfig((str(tmp_path),), clip_len=2, hop=1, batch_size=4, seed=3)
+    take = lambda it, n: [tuple(b["video_id"]) for b in itertools.islice(it, n)]
+    full = take(pipeline.ClipIterator(cfg), 6)  # 3 samples an epoch, 4 a batch
+    assert all(len(b) == 4 for b in full)
+    assert sorted(sum(map(list, full), [])[:3]) == [b"vid0", b"vid1", b"vid2"]  # epoch 0 first
+    it = pipeline.ClipIterator(cfg)
+    first = take(it, 2)
+    assert it.state() == {"epoch": 2, "sample": 2}
+    assert first + take(pipeline.ClipIterator(cfg, state=it.state()), 4) == full
+    # the state of the earlier per-epoch pipeline (whole batches within an epoch) still resumes
+    assert pipeline.ClipIterator(cfg, state={"epoch": 1, "batch": 0}).state() == {"epoch": 1, "sample": 0}
+    # two hosts splitting the rows of each global batch see the one-host batches
+    halves = [take(pipeline.ClipIterator(dataclasses.replace(cfg, split="rows"), process_index=p,
+                                         process_count=2), 6) for p in range(2)]
+    assert [a + b for a, b in zip(*halves)] == full
+    short = tmp_path / "short"
+    _write(short, [_clip(0, t=2, gt=False)])
+    with pytest.raises(ValueError, match="no window of 3 frames"):
+        next(pipeline.ClipIterator(pipeline.PipelineConfig((str(short),), clip_len=3)))
 
 
 def test_synthetic_textures_from_an_image_folder(tmp_path):

@@ -2,8 +2,11 @@
 
 Records are interleaved, cut into windows of `clip_len` frames taken every `frame_stride` source
 frames (a new window every `hop` frames of a record), shuffled, and only then decoded (only the
-window's frames), resized to `size`, batched and prefetched. The order is a pure function of
-(seed, epoch), and the position {epoch, batch} can be saved and restored, so a resumed run sees
+window's frames), resized to `size`, batched and prefetched. Epochs follow one another in one
+continuous tf.data stream, built once, so a batch may take its last samples from the next epoch
+(a clip with fewer samples than one batch still trains) and an epoch boundary costs nothing.
+The order within an epoch is a pure function of (seed, epoch), and the position {epoch, sample}
+(the samples of that epoch already handed out) can be saved and restored, so a resumed run sees
 exactly the batches the uninterrupted run would have. TensorFlow is kept off GPUs/TPUs.
 
 Several hosts split the work in one of two ways (`split`):
@@ -139,8 +142,9 @@ def _decode(win, cfg: PipelineConfig):
 class ClipIterator:
     """Deterministic, resumable iterator of numpy batches over shard folders.
 
-    `state()` returns {'epoch', 'batch'} (batches already handed out in that epoch);
-    `ClipIterator(cfg, state=...)` continues from there.
+    `state()` returns {'epoch', 'sample'}: the next batch starts at that sample of that epoch's
+    order; `ClipIterator(cfg, state=...)` continues from there (a saved {'epoch', 'batch'} of the
+    earlier per-epoch pipeline, whose batches never crossed epochs, means sample = batch * B).
     """
 
     def __init__(self, cfg: PipelineConfig, state: Optional[Dict[str, int]] = None,
@@ -153,7 +157,7 @@ class ClipIterator:
         pi = jax.process_index() if process_index is None else process_index
         pc = jax.process_count() if process_count is None else process_count
         if cfg.split == "files":
-            self.files, self.rows = host_files(sorted(files), pi, pc), None
+            self.files, self.rows = host_files(sorted(files), pi, pc), (0, cfg.batch_size)
         elif cfg.split == "rows":
             if cfg.batch_size % pc:
                 raise ValueError(f"the global batch of {cfg.batch_size} cannot be split over {pc} hosts")
@@ -161,68 +165,82 @@ class ClipIterator:
             self.files, self.rows = sorted(files), (pi * per, (pi + 1) * per)
         else:
             raise ValueError(f"split must be 'files' or 'rows', got {cfg.split!r}")
-        self.epoch = int((state or {}).get("epoch", 0))
-        self.batch = int((state or {}).get("batch", 0))
+        state = state or {}
+        self.epoch = int(state.get("epoch", 0))
+        self.sample = int(state.get("sample", int(state.get("batch", 0)) * cfg.batch_size))
         self._it: Optional[Iterator] = None
 
     def state(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "sample": self.sample}
 
-    def _dataset(self, epoch: int):
+    def _epoch(self, epoch):
+        """The encoded windows of one epoch (epoch: an int64 scalar tensor), in that epoch's order,
+        each tagged with its epoch and its index in that order."""
         tf = shards._tf()
         cfg = self.cfg
-        files = list(self.files)
+        files = tf.constant(self.files)
         if cfg.shuffle:
-            np.random.default_rng([cfg.seed, epoch]).shuffle(files)
+            files = tf.random.experimental.stateless_shuffle(files, seed=tf.stack([tf.constant(cfg.seed, tf.int64), epoch]))
         ds = tf.data.Dataset.from_tensor_slices(files)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.files)),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.map(shards.parse_example_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.flat_map(_windows(cfg))
         if cfg.shuffle:
-            ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch,
-                            reshuffle_each_iteration=False)
-        batch = cfg.batch_size
-        if self.rows is not None:  # the global batches, then this host's rows of each
-            lo, hi = self.rows
-            ds = ds.batch(batch, drop_remainder=True).map(
-                lambda b: {k: v[lo:hi] for k, v in b.items()}).unbatch()
-            batch = hi - lo
-        ds = ds.map(lambda w: _decode(w, cfg), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch, drop_remainder=cfg.drop_remainder or self.rows is not None)
+            ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+        return ds.enumerate().map(lambda i, w: {**w, "_epoch": epoch, "_index": i})
+
+    def _check_not_empty(self):
+        tf = shards._tf()
+        try:
+            empty = not list(self._epoch(tf.constant(0, tf.int64)).take(1))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise shards.ShardError(f"a shard of this host ({', '.join(self.files)}) is corrupt: "
+                                    f"{e.message.splitlines()[0]}") from None
+        if empty:
+            raise ValueError(f"{', '.join(self.files)}: no window of {self.cfg.clip_len} frames "
+                             f"(every {self.cfg.frame_stride} frames) in any record; the clips are too short")
+
+    def _dataset(self):
+        """Every epoch from the saved position on, as global batches of `batch_size`, of which this
+        host decodes its rows; each sample carries the position after its global batch."""
+        tf = shards._tf()
+        cfg = self.cfg
+        last = cfg.epochs if cfg.epochs is not None else np.iinfo(np.int64).max
+        ds = self._epoch(tf.constant(self.epoch, tf.int64)).skip(self.sample)
+        ds = ds.concatenate(tf.data.Dataset.range(self.epoch + 1, last).flat_map(self._epoch))
+        lo, hi = self.rows
+        full = cfg.drop_remainder or cfg.split == "rows"
+
+        def rows(b):
+            out = {k: v[lo:hi] for k, v in b.items() if not k.startswith("_")}
+            n = tf.shape(out["idx"])[0]
+            out["_next_epoch"] = tf.fill([n], b["_epoch"][-1])
+            out["_next_sample"] = tf.fill([n], b["_index"][-1] + 1)
+            return out
+        ds = ds.batch(cfg.batch_size, drop_remainder=full).map(rows).unbatch()
+        ds = ds.map(lambda w: {**_decode(w, cfg), "_next_epoch": w["_next_epoch"], "_next_sample": w["_next_sample"]},
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(hi - lo, drop_remainder=full)
         opts = tf.data.Options()
         opts.deterministic = True
-        ds = ds.with_options(opts)
-        return ds.prefetch(2)
-
-    def _start_epoch(self):
-        tf = shards._tf()
-        ds = self._dataset(self.epoch)
-        if self.batch:
-            ds = ds.skip(self.batch)
-        self._it = iter(ds.as_numpy_iterator())
-        self._tf_errors = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
+        return ds.with_options(opts).prefetch(2)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> Dict[str, np.ndarray]:
-        while True:
+        tf = shards._tf()
+        if self._it is None:
             if self.cfg.epochs is not None and self.epoch >= self.cfg.epochs:
                 raise StopIteration
-            if self._it is None:
-                self._start_epoch()
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                if self.batch == 0:
-                    raise ValueError(f"an epoch over {', '.join(self.files)} yields no full batch of "
-                                     f"{self.cfg.batch_size}; there are too few samples") from None
-                self.epoch, self.batch, self._it = self.epoch + 1, 0, None
-                continue
-            except self._tf_errors as e:
-                raise shards.ShardError(
-                    f"a shard of this host ({', '.join(self.files)}) is corrupt: "
-                    f"{e.message.splitlines()[0]}") from None
-            self.batch += 1
-            return batch
+            self._check_not_empty()
+            self._it = iter(self._dataset().as_numpy_iterator())
+        try:
+            batch = next(self._it)
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            raise shards.ShardError(f"a shard of this host ({', '.join(self.files)}) is corrupt: "
+                                    f"{e.message.splitlines()[0]}") from None
+        self.epoch = int(batch.pop("_next_epoch")[-1])
+        self.sample = int(batch.pop("_next_sample")[-1])
+        return batch

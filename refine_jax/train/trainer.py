@@ -227,6 +227,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             data_state = restored["data"]
         data = pipeline.ClipIterator(pcfg, state=data_state)
         step_fn = make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn, ac)
+        # placed as the step returns it, so the second step does not compile the step again
+        state = parallel.put(state, parallel.replicated(mesh))
         main_process = parallel.is_main_process()
         writer = (tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")) if main_process
                   else tf.summary.create_noop_writer())
