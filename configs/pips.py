@@ -1,8 +1,10 @@
 """PIPs refinement configs.
 
-Default (no preset): the embedded demo on procedural video with a reduced PIPs (latent 64, mixer
-128 x 2), pre-trained on the source domain, refined on the target domain:
-  python -m refine_jax.main --config=configs/pips.py --workdir=runs/pips_demo
+Default (no preset): the embedded demo. It refines the committed procedural stand-in PIPs
+(refine_jax/standins/pips: latent 64, mixer 128 x 2, made by :pretrain) on procedural target
+videos with the source's motion and another appearance, then compares before, after, an oracle
+trained on the ground-truth tracks, and the query points held still:
+  python -m refine_jax.main --config=configs/pips.py
 Reference recipes (init = the PIPs reference checkpoint or a converted folder; data = shards of the
 benchmark with ground truth, see refine_jax.data.benchmarks):
   :crohd         768x1280 labels, 8 frames at stride 3, 24x24 dense windows around moving heads,
@@ -14,6 +16,8 @@ benchmark with ground truth, see refine_jax.data.benchmarks):
                  15 Q15: implemented like CroHD/Horse)
     python -m refine_jax.main --config=configs/pips.py:horse10 --workdir=runs/horse \
         --config.init=model-000200000.pth --config.data.videos=shards/horse10
+  :pretrain      the stand-in's recipe: procedural source videos, the reduced PIPs from random
+                 init, then measured on new source videos
   :runlocal      a tiny run of every stage.
 """
 import ml_collections
@@ -23,21 +27,24 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.init = ""
-    c.stages = ("generate", "pretrain", "label", "train", "eval")
+    c.stages = ("generate", "label", "train", "oracle", "eval")
     c.data = ml_collections.ConfigDict({"videos": ""})
     c.demo = ml_collections.ConfigDict({
         "arch": "pips", "model": {"latent_dim": 64, "mixer_dim": 128, "mixer_depth": 2, "stride": 4},
-        "source_videos": 24, "target_videos": 4, "frames": 8, "size": (128, 128), "tracks": 64, "seed": 0,
-        "pretrain": {"steps": 200, "batch_size": 2, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
-                     "gamma": 0.8, "save_every": 100, "keep_checkpoints": 1, "log_every": 20,
-                     "max_tracks": 64}})
+        "size": (256, 256), "frames": 8, "tracks": 256, "seed": 0, "target_videos": 4,
+        "target_shifts": "default", "source_videos": 0, "source_frames": 0, "source_eval_videos": 0,
+        "source_seed": 2000, "workers": 1,
+        "pretrain": {"steps": 3000, "batch_size": 4, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
+                     "gamma": 0.8, "clip": 1.0, "save_every": 250, "keep_checkpoints": 2, "log_every": 50,
+                     "max_tracks": 128, "score_map_loss": True},
+        "pretrain_augment": {"enabled": True, "crop": (128, 128), "vflip": 0.1}})
     c.label = ml_collections.ConfigDict({
         "batch": 4, "iters": 4, "tau": 3.0, "grid": 12, "densify_window": 0, "use_gt_points": False,
         "window_hop": 8, "stride": 4, "speed_bins": (1.0, 2.0, 4.0, 8.0, 16.0), "cap_per_bin": 0,
         "min_speed": 0.0, "max_queries": 256, "rounds": 1})
     c.augment = ml_collections.ConfigDict({
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
-        "asym_prob": 0.2, "crop": (), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
+        "asym_prob": 0.2, "crop": (128, 128), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
     c.train = ml_collections.ConfigDict({
         "steps": 100, "batch_size": 2, "lr": 1e-4, "schedule": "cosine", "schedule_steps": 0,
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 4, "gamma": 0.8,
@@ -72,12 +79,20 @@ def get_config(arg=None):
                         "batch_size": 1, "score_map_loss": True, "size": (256, 256), "save_every": 200})
         c.eval.update({"iters": 6, "query_mode": "strided", "tapvid_256": True})
         return c
+    if arg == "pretrain":
+        c.stages = ("generate", "pretrain")
+        c.demo.update({"source_videos": 1500, "source_eval_videos": 30, "target_videos": 0, "workers": 1})
+        return c
     if arg == "runlocal":
-        c.demo.update({"source_videos": 2, "target_videos": 2, "tracks": 8})
+        c.stages = ("generate", "pretrain", "label", "train", "oracle", "eval")
+        c.demo.update({"source_videos": 2, "source_eval_videos": 1, "target_videos": 2, "tracks": 8,
+                       "size": (128, 128)})
+        c.demo.pretrain_augment.update({"crop": ()})
+        c.augment.crop = ()
         c.demo.model.update({"latent_dim": 32, "mixer_dim": 64, "mixer_depth": 1, "stride": 8})
         c.demo.pretrain.update({"steps": 2, "batch_size": 2, "iters": 1, "save_every": 1, "max_tracks": 8})
         c.label.update({"iters": 1, "grid": 3, "stride": 8, "tau": 1e6, "max_queries": 16, "batch": 1})
         c.train.update({"steps": 2, "batch_size": 2, "iters": 1, "save_every": 1, "max_tracks": 16})
         c.eval.update({"iters": 1, "stride": 8})
         return c
-    raise ValueError(f"unknown preset {arg!r}; expected crohd, horse10, tapvid_davis or runlocal")
+    raise ValueError(f"unknown preset {arg!r}; expected pretrain, crohd, horse10, tapvid_davis or runlocal")

@@ -1,44 +1,86 @@
-"""The embedded default: procedural source/target videos and a brief supervised pre-training on the
-source domain (a stand-in for the synthetic pre-training of the official checkpoints).
+"""The embedded demo and the recipe of its stand-in pre-trained models.
+
+The demo refines a competent procedural stand-in (committed in refine_jax/standins/, made by the
+`pretrain` presets of configs/raft.py and configs/pips.py) on a target domain with the source's
+motion and a different appearance (data/shifts.py). These stand-ins are ours, trained from random
+init on procedural video; they are not the official RAFT or PIPs weights.
 
 Stages (each `run(config, workdir) -> dict`):
-  generate  WORKDIR/data/{source,target}: shards with exact flow and tracks (data/synthetic.py)
-  pretrain  WORKDIR/pretrain/model: the model trained from random init on source ground truth
+  generate  the procedural shards the config's `demo` section asks for: WORKDIR/data/source (the
+            pre-training set), data/source_eval (new source videos), data/target (the videos to
+            refine on, with ground truth for the evaluation)
+  pretrain  WORKDIR/pretrain/model: trained from random init on the source ground truth, then
+            measured on data/source_eval against the trivial baseline; model.json records the
+            recipe (the whole config), steps, seeds, those metrics and the sha256 of the weights
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 from refine_jax import checkpoints, fs, models, parallel
 from refine_jax.data import shards, synthetic
+from refine_jax.data import shifts as shifts_lib
+
+STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
 
 
-def source_dir(workdir):
-    return os.path.join(workdir, "data", "source")
+def data_dir(workdir, name):
+    return os.path.join(workdir, "data", name)
 
 
 def target_dir(workdir):
-    return os.path.join(workdir, "data", "target")
+    return data_dir(workdir, "target")
 
 
 def pretrained_dir(workdir):
     return os.path.join(workdir, "pretrain", "model")
 
 
+def standin_dir(arch: str) -> str:
+    """The committed stand-in pre-trained model of `arch` ('raft_small' or 'pips')."""
+    path = os.path.join(STANDINS, arch)
+    if not fs.exists(os.path.join(path, checkpoints.MODEL_JSON)):
+        raise FileNotFoundError(f"{path}: no stand-in model for {arch!r}; make one with the recipe "
+                                f"(python -m refine_jax.main --config=configs/"
+                                f"{'pips' if arch == 'pips' else 'raft'}.py:pretrain) or pass --config.init")
+    return path
+
+
+def _datasets(d):
+    """(name, videos, frames, seed, shifts or None, tracks, flow dtype) of every set to write."""
+    frames = d.get("source_frames", 0) or d.frames
+    spec = d.get("target_shifts", "default")
+    target = synthetic.domain("target", None if spec == "default" else shifts_lib.parse("" if spec == "none" else spec))
+    pips = d.arch == "pips"  # the pre-training set carries flow for RAFT, tracks for PIPs
+    return [("source", d.source_videos, frames, d.source_seed, synthetic.domain("source"), d.tracks if pips else 0,
+             "" if pips else "float16"),
+            ("source_eval", d.source_eval_videos, d.frames, d.source_seed + 1, synthetic.domain("source"),
+             d.tracks, "float32"),
+            ("target", d.target_videos, d.frames, d.seed, target, d.tracks, "float32")]
+
+
 def generate(config, workdir: str) -> dict:
-    """Write the source and target shards (the main process; the others wait for it)."""
+    """Write the procedural shard folders with videos > 0 (the main process; the others wait)."""
     d = config.demo
-    for name, videos, seed in (("source", d.source_videos, d.seed), ("target", d.target_videos, d.seed + 1)):
-        path = os.path.join(workdir, "data", name)
+    out = {}
+    for name, videos, frames, seed, dom, tracks, flow_dtype in _datasets(d):
+        if not videos:
+            continue
+        path = data_dir(workdir, name)
         if parallel.is_main_process() and not fs.exists(os.path.join(path, shards.MANIFEST)):
-            synthetic.write_dataset(path, name, videos, d.frames, tuple(d.size), d.tracks, seed=seed)
+            synthetic.write_dataset(path, dom, videos, frames, tuple(d.size), tracks, seed=seed,
+                                    workers=int(d.get("workers", 1)), name=name, flow_dtype=flow_dtype)
+        out[name] = path
     parallel.barrier("generate: shards written")
-    return {name: shards.load_manifest(os.path.join(workdir, "data", name))["records"]
-            for name in ("source", "target")}
+    return {name: shards.load_manifest(path)["records"] for name, path in out.items()}
 
 
 def pretrain(config, workdir: str) -> dict:
+    """Train the stand-in from random init on WORKDIR/data/source, then measure it on
+    WORKDIR/data/source_eval next to the trivial baseline and record the recipe in model.json."""
+    from refine_jax import evaluate
     from refine_jax.train import trainer
     d = config.demo
     root = os.path.join(workdir, "pretrain")
@@ -49,6 +91,28 @@ def pretrain(config, workdir: str) -> dict:
         checkpoints.init_model(init, cfg, seed=config.seed)
     c = copy.deepcopy(config)
     c.train.update(dict(d.pretrain))
-    c.train.data = source_dir(workdir)
-    c.augment.enabled = False
-    return trainer.run(c, root, init=init)
+    c.train.data = data_dir(workdir, "source")
+    c.augment.update(dict(d.get("pretrain_augment", {"enabled": False})))
+    out = trainer.run(c, root, init=init)
+    if out.get("preempted"):
+        return out
+    model = pretrained_dir(workdir)
+    meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
+    if "source_metrics" not in meta["provenance"] and fs.exists(data_dir(workdir, "source_eval")):
+        loaded = checkpoints.load_model(model)
+        ec = evaluate.EvalConfig.from_config(config.get("eval"))
+        clips = parallel.process_share(list(shards.read_clips(data_dir(workdir, "source_eval"))))
+        result = evaluate.measure(loaded, clips, ec, config)
+        if parallel.is_main_process():
+            meta["provenance"].update({
+                "source": "refine_jax procedural stand-in (not official weights)",
+                "recipe": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
+                "steps": out["step"], "seeds": {"init": config.seed, "train": c.train.get("seed", 0),
+                                                "source_data": d.source_seed, "source_eval_data": d.source_seed + 1},
+                "source_metrics": evaluate._json_safe({"clips": len(clips), "model": result["model"],
+                                                       "baseline": result["baseline"], "speed_bins": result["bins"]}),
+                "variables_sha256": checkpoints.fingerprint(os.path.join(model, checkpoints.VARIABLES))})
+            fs.write_json_atomic(os.path.join(model, checkpoints.MODEL_JSON), meta)
+        parallel.barrier("pretrain: provenance written")
+    out["source_metrics"] = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))["provenance"].get("source_metrics")
+    return out

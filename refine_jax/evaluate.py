@@ -1,21 +1,33 @@
-"""The `eval` stage: the model before and after refinement on shards with ground truth.
+"""The `eval` stage: did refinement help, and why.
 
-Before = config.init (or the pre-trained model of the embedded demo); after = WORKDIR/model (the
-train stage's export); the curve = every training checkpoint kept in WORKDIR/checkpoints.
-RAFT: all consecutive pairs of every clip at full resolution, EPE over all pixels (Sintel "all")
-and the 1/3/5 px rates; primary 'epe' (lower is better).
+Models: before = config.init; after = TRAINED/model (the train stage's export); oracle =
+WORKDIR/oracle/model when the oracle stage ran (the same training on ground truth: the ceiling for
+the pseudo-labels); and the trivial baseline, computed from the ground truth alone: zero flow, or
+the query point held still with every point visible. A collapse towards no motion therefore shows
+up as 'after' drifting towards the baseline, and per speed bin.
+
+RAFT: every consecutive pair of every clip at full resolution; EPE over all pixels (Sintel "all")
+and the 1/3/5 px rates, also per ground-truth speed bin (|flow| < 1, 1-4, 4-16, >= 16 px).
 PIPs: chained tracking of every clip from the GT query points; TAP-Vid metrics in the configured
-query mode, at the resolution of the shards or rescaled to 256x256 (`eval.tapvid_256`), plus
-ATE/MTE and survival; primary 'delta_avg' (higher is better).
-Writes WORKDIR/eval/metrics.json ({'primary', 'lower_is_better', 'before', 'after', 'curve', ...}),
-report.md and PNG figures.
+query mode (at the stored resolution, or rescaled to 256x256 with `eval.tapvid_256`), ATE/MTE,
+survival, and ATE per ground-truth speed bin (mean px/frame over the clip).
+Label-free diagnostics, computable on a user's footage without ground truth, for every model:
+the share of estimates that pass the labelling cycle check (config.label) and their photometric
+error (mean absolute colour difference in grey levels between a pixel / query and where the model
+sends it). Consistency alone cannot tell a collapse (zero flow is perfectly consistent), which is
+why the photometric error stands beside it.
+Label precision comes from the label manifest: yield and the GT error of kept labels against all
+estimates, overall and per speed bin.
+
+Writes WORKDIR/eval/metrics.json, report.md (every metric with its direction and whether it
+improved) and PNG figures.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
@@ -23,6 +35,8 @@ import numpy as np
 from refine_jax import checkpoints, fs, metrics, parallel, viz
 from refine_jax import settings
 from refine_jax.data import shards
+
+SPEED_BINS = (1.0, 4.0, 16.0)  # px (flow) or px/frame (tracks): [0,1), [1,4), [4,16), [16,inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +48,28 @@ class EvalConfig:
     tapvid_256: bool = False
     max_clips: int = 0             # 0 = all
     curve: bool = True
+    label_free: bool = True        # the cycle-check and photometric diagnostics
 
     @classmethod
     def from_config(cls, c) -> "EvalConfig":
         return settings.from_section(cls, c, "eval")
 
 
-FLOW_KEYS = ("epe", "1px", "3px", "5px", "pixels")
-TRACK_KEYS = ("occlusion_accuracy", *(f"{m}_{x:g}" for x in metrics.THRESHOLDS for m in ("delta", "jaccard")),
-              "delta_avg", "average_jaccard", "ate", "mte", "survival")
+def bin_names(bins: Sequence[float] = SPEED_BINS) -> List[str]:
+    edges = (0.0, *bins, np.inf)
+    return [f"[{lo:g},{hi:g})" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _bin_of(values: np.ndarray, bins: Sequence[float] = SPEED_BINS) -> np.ndarray:
+    return np.digitize(values, bins)
+
+
+LOWER_IS_BETTER = ("epe", "ate", "mte", "photometric_error")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric by name: errors are lower-better, rates and accuracies higher-better."""
+    return metric.split("@")[0] in LOWER_IS_BETTER
 
 
 def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
@@ -56,57 +83,191 @@ def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
     return out
 
 
-def eval_flow(cfg, variables, clips, iters: int) -> Tuple[Dict[str, float], Optional[np.ndarray]]:
-    """Flow metrics over every consecutive pair of `clips` (this process's share, gathered from all
-    processes): the pixel-weighted mean of per-pair metrics = the metrics over all pixels."""
-    from refine_jax.models.raft import make_flow_fn
-    fn = make_flow_fn(cfg, iters)
-    rows, first = [], None
+def _label_config(config, iters: int):
+    from refine_jax.labels.generate import LabelConfig
+    lc = LabelConfig.from_config(config.get("label", {}))
+    return dataclasses.replace(lc, iters=iters)
+
+
+# ---------------------------------------------------------------------------------------------- flow
+
+def _flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str) -> Dict[str, float]:
+    """Sums that give EPE and the px rates over all pixels and per GT speed bin when divided."""
+    epe = np.linalg.norm(pred.astype(np.float64) - gt, axis=-1).ravel()
+    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel())
+    out = {f"{prefix}epe": epe.sum(), f"{prefix}1px": (epe < 1).sum(), f"{prefix}3px": (epe < 3).sum(),
+           f"{prefix}5px": (epe < 5).sum()}
+    for k, name in enumerate(bin_names()):
+        out[f"{prefix}epe@{name}"] = epe[which == k].sum()
+    return out
+
+
+def _flow_row(fw, valid, color, gt, frames1) -> Dict[str, float]:
+    """One pair: the sums of `_flow_sums` for the model and for zero flow, counts, diagnostics."""
+    row = {**_flow_sums(fw, gt, ""), **_flow_sums(np.zeros_like(gt), gt, "zero:"),
+           "pixels": float(gt[..., 0].size)}
+    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel())
+    for k, name in enumerate(bin_names()):
+        row[f"pixels@{name}"] = float((which == k).sum())
+    if valid is not None:
+        row["cycle_pass"] = float(valid.sum())
+        row["photometric_error"] = float(255.0 * color[valid].sum())
+    return row
+
+
+def _flow_metrics(rows: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
+    total = lambda k: sum(r[k] for r in rows)
+    n = total("pixels")
+    out = {k: total(prefix + k) / n for k in ("epe", "1px", "3px", "5px")}
+    for name in bin_names():
+        m = total(f"pixels@{name}")
+        out[f"epe@{name}"] = total(f"{prefix}epe@{name}") / m if m else float("nan")
+    if not prefix and "cycle_pass" in rows[0]:
+        passed = total("cycle_pass")
+        out["cycle_pass"] = passed / n
+        out["photometric_error"] = total("photometric_error") / passed if passed else float("nan")
+    return out
+
+
+def eval_flow(loaded, clips, ec: EvalConfig, config) -> dict:
+    """{'model', 'baseline' (zero flow), 'bins' (pixel share per GT speed bin), 'example'} over
+    every consecutive pair of `clips` (this process's share; rows are gathered from all)."""
+    from refine_jax.labels.generate import FlowLabeler
+    mesh = parallel.make_mesh(1, local=True)
+    labeler = FlowLabeler(loaded.cfg, loaded.variables, _label_config(config, ec.iters or 32), mesh)
+    rows, example = [], None
     for c in clips:
         if c.flow is None:
             continue
-        for t in range(len(c.frames) - 1):
-            f, _ = fn(variables, c.frames[t][None], c.frames[t + 1][None])
-            pred = np.asarray(f[0])
-            rows.append({**metrics.flow_metrics(pred, c.flow[t]), "pixels": float(pred[..., 0].size)})
-            first = pred if first is None else first
-    table = _gather_rows(rows, FLOW_KEYS)
-    if not table:
+        fw, valid, color = labeler.estimate(c.frames, f"frames of {c.video_id}")
+        for t in range(len(fw)):
+            rows.append(_flow_row(fw[t], valid[t] if ec.label_free else None, color[t], c.flow[t], c.frames[t]))
+        example = fw[0] if example is None else example
+    z = np.zeros((1, 1, 2))
+    rows = _gather(rows, _flow_row(z, np.zeros((1, 1), bool) if ec.label_free else None, z[..., 0], z, None))
+    if not rows:
         raise ValueError("no evaluation clip carries ground-truth flow")
-    w = np.array([r.pop("pixels") for r in table])
-    return {k: float(np.sum(w * np.array([r[k] for r in table])) / w.sum()) for k in table[0]}, first
+    n = sum(r["pixels"] for r in rows)
+    return {"model": _flow_metrics(rows, ""), "baseline": _flow_metrics(rows, "zero:"),
+            "bins": {name: sum(r[f"pixels@{name}"] for r in rows) / n for name in bin_names()},
+            "example": example}
 
 
-def eval_tracks(cfg, variables, clips, ec: EvalConfig) -> Tuple[Dict[str, float], Optional[tuple]]:
-    """Track metrics per clip (chained tracking from the GT queries), averaged over the clips of
-    every process."""
+# -------------------------------------------------------------------------------------------- tracks
+
+def _track_bins(gt, vis) -> np.ndarray:
+    """(N,) GT speed bin of each track: mean displacement per frame over consecutive visible frames."""
+    step = np.linalg.norm(np.diff(gt, axis=1), axis=-1)
+    both = vis[:, 1:] & vis[:, :-1]
+    speed = np.where(both.any(1), (step * both).sum(1) / np.maximum(both.sum(1), 1), 0.0)
+    return _bin_of(speed)
+
+
+def _track_row(q, gt, vis, pred, pred_vis, ec: EvalConfig, hw) -> Dict[str, float]:
+    if ec.tapvid_256:
+        gt, pred = metrics.rescale_tracks(gt, hw), metrics.rescale_tracks(pred, hw)
+    m = metrics.tapvid_metrics(q, gt, ~vis, pred, ~pred_vis, ec.query_mode)
+    m.update(metrics.ate_mte(gt, pred, q, vis))
+    m["survival"] = metrics.survival(gt, pred, q)
+    err = metrics.trajectory_errors(gt, pred, q, vis)
+    which = _track_bins(gt, vis)
+    for k, name in enumerate(bin_names()):
+        sel = (which == k) & np.isfinite(err)
+        m[f"ate_sum@{name}"], m[f"tracks@{name}"] = float(err[sel].sum()), float(sel.sum())
+    return m
+
+
+def _track_metrics(rows: List[Dict[str, float]]) -> Dict[str, float]:
+    out = {}
+    for k in rows[0]:
+        if "@" in k or k.startswith("label_free:"):
+            continue
+        out[k] = float(np.nanmean([r[k] for r in rows]))
+    for name in bin_names():
+        n = sum(r[f"tracks@{name}"] for r in rows)
+        out[f"ate@{name}"] = sum(r[f"ate_sum@{name}"] for r in rows) / n if n else float("nan")
+    if "label_free:windows" in rows[0]:
+        total = lambda k: sum(r[f"label_free:{k}"] for r in rows)
+        out["cycle_pass"] = total("kept") / max(total("queries"), 1)
+        out["photometric_error"] = total("photo_sum") / total("photo_n") if total("photo_n") else float("nan")
+    return out
+
+
+def _sample_colours(frame: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear colours (N, 3) of a uint8 frame at (N, 2) pixel points (clamped to the frame)."""
+    h, w = frame.shape[:2]
+    x = np.clip(xy[:, 0], 0, w - 1)
+    y = np.clip(xy[:, 1], 0, h - 1)
+    x0, y0 = np.minimum(np.floor(x).astype(int), w - 2), np.minimum(np.floor(y).astype(int), h - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    f = frame.astype(np.float64)
+    return ((1 - fx) * (1 - fy) * f[y0, x0] + fx * (1 - fy) * f[y0, x0 + 1]
+            + (1 - fx) * fy * f[y0 + 1, x0] + fx * fy * f[y0 + 1, x0 + 1])
+
+
+def _track_label_free(labeler, clip) -> Dict[str, float]:
+    """Grid queries on every labelling window of the clip: how many pass the cycle check, and the
+    photometric error (grey levels) of the passing tracks against their query's colour."""
+    kept = queries = windows = 0
+    photo_sum, photo_n = 0.0, 0
+    for st, tracks, keep, _, _ in labeler.estimate(clip):
+        windows += 1
+        queries += len(keep)
+        kept += int(keep.sum())
+        frames = clip.frames[st:st + tracks.shape[1]]
+        ref = _sample_colours(frames[0], tracks[keep, 0])
+        for t in range(1, tracks.shape[1]):
+            photo_sum += float(np.abs(_sample_colours(frames[t], tracks[keep, t]) - ref).mean(-1).sum())
+            photo_n += int(keep.sum())
+    return {"label_free:windows": windows, "label_free:queries": queries, "label_free:kept": kept,
+            "label_free:photo_sum": photo_sum, "label_free:photo_n": photo_n}
+
+
+def eval_tracks(loaded, clips, ec: EvalConfig, config) -> dict:
+    """{'model', 'baseline' (query held still, always visible), 'bins' (track share per GT speed
+    bin), 'example'}: metrics per clip averaged over the clips of every process."""
+    from refine_jax.labels.generate import TrackLabeler
     from refine_jax.models.pips_chain import ChainedTracker
-    tracker = ChainedTracker(dataclasses.replace(cfg, stride=ec.stride), variables, iters=ec.iters or 6)
-    rows, first = [], None
+    tracker = ChainedTracker(dataclasses.replace(loaded.cfg, stride=ec.stride), loaded.variables,
+                             iters=ec.iters or 6)
+    labeler = None
+    if ec.label_free:
+        lc = dataclasses.replace(_label_config(config, ec.iters or 6), stride=ec.stride, use_gt_points=False)
+        labeler = TrackLabeler(loaded.cfg, loaded.variables, lc, parallel.make_mesh(1, local=True))
+    rows, base_rows, example = [], [], None
     for c in clips:
         if c.tracks is None:
             continue
-        q = c.query_points
+        q, hw = c.query_points, c.frames.shape[1:3]
         out = tracker(c.frames, q)
-        h, w = c.frames.shape[1:3]
-        gt, pred = c.tracks, out["tracks"]
-        if ec.tapvid_256:
-            gt, pred = metrics.rescale_tracks(gt, (h, w)), metrics.rescale_tracks(pred, (h, w))
-        m = metrics.tapvid_metrics(q, gt, ~c.visible, pred, ~out["visible"], ec.query_mode)
-        m.update(metrics.ate_mte(gt, pred, q, c.visible))
-        m["survival"] = metrics.survival(gt, pred, q)
-        rows.append(m)
-        first = first or (c, out)
-    table = _gather_rows(rows, TRACK_KEYS)
-    if not table:
+        row = _track_row(q, c.tracks, c.visible, out["tracks"], out["visible"], ec, hw)
+        if labeler is not None:
+            row.update(_track_label_free(labeler, c))
+        rows.append(row)
+        still = np.repeat(q[:, None, 1:], c.tracks.shape[1], axis=1)
+        base_rows.append(_track_row(q, c.tracks, c.visible, still, np.ones_like(c.visible), ec, hw))
+        example = example or (c, out)
+    q, z, v = np.zeros((1, 3)), np.zeros((1, 2, 2)), np.ones((1, 2), bool)
+    template = _track_row(q, z, v, z, v, ec, (1, 1))
+    base_rows = _gather(base_rows, template)
+    if labeler is not None:
+        template.update({k: 0.0 for k in ("label_free:windows", "label_free:queries", "label_free:kept",
+                                          "label_free:photo_sum", "label_free:photo_n")})
+    rows = _gather(rows, template)
+    if not rows:
         raise ValueError("no evaluation clip carries ground-truth tracks")
-    return {k: float(np.nanmean([m[k] for m in table])) for k in table[0]}, first
+    n = sum(sum(r[f"tracks@{name}"] for name in bin_names()) for r in rows)
+    return {"model": _track_metrics(rows), "baseline": _track_metrics(base_rows),
+            "bins": {name: sum(r[f"tracks@{name}"] for r in rows) / max(n, 1) for name in bin_names()},
+            "example": example}
 
 
-def _gather_rows(rows: List[Dict[str, float]], keys: Sequence[str]) -> List[Dict[str, float]]:
-    """Every process's metric rows (dicts over `keys`), in process order; with one process, `rows`."""
+def _gather(rows: List[Dict[str, float]], template: Dict[str, float]) -> List[Dict[str, float]]:
+    """Every process's rows (dicts with the keys of `template`), in process order; with one
+    process, `rows`."""
     if jax.process_count() == 1:
         return rows
+    keys = sorted(template)
     counts = parallel.allgather(np.asarray(len(rows)))
     local = np.full((int(counts.max()), len(keys)), np.nan)
     for i, r in enumerate(rows):
@@ -115,11 +276,12 @@ def _gather_rows(rows: List[Dict[str, float]], keys: Sequence[str]) -> List[Dict
     return [dict(zip(keys, map(float, table[p, i]))) for p in range(len(table)) for i in range(counts[p])]
 
 
-def _evaluate(loaded, clips, ec):
+def measure(loaded, clips, ec: EvalConfig, config) -> dict:
+    """The metrics of one model and of the trivial baseline on `clips` (see eval_flow/eval_tracks)."""
     from refine_jax.models.raft import RAFTConfig
     if isinstance(loaded.cfg, RAFTConfig):
-        return eval_flow(loaded.cfg, loaded.variables, clips, ec.iters or 32)
-    return eval_tracks(loaded.cfg, loaded.variables, clips, ec)
+        return eval_flow(loaded, clips, ec, config)
+    return eval_tracks(loaded, clips, ec, config)
 
 
 def _checkpoint_variables(workdir: str):
@@ -137,11 +299,28 @@ def _checkpoint_variables(workdir: str):
     return out
 
 
+def _label_precision(trained: str) -> Optional[dict]:
+    """Yield and GT error of the kept labels vs all estimates, from TRAINED/labels/manifest.json."""
+    path = os.path.join(trained, "labels", shards.MANIFEST)
+    if not fs.exists(path):
+        return None
+    st = fs.read_json(path).get("stats", {})
+    out = {"yield": st.get("yield"), "kept": st.get("kept"), "total": st.get("total"),
+           "error_all": st.get("gt_error_all"), "error_kept": st.get("gt_error_kept"),
+           "per_speed_bin": st.get("gt_per_speed_bin"), "yield_per_estimated_speed_bin": {
+               k: (v["kept"] / v["total"] if v.get("total") else None)
+               for k, v in st.get("per_speed_bin", {}).items()}}
+    if out["error_all"] and out["error_kept"] is not None:
+        out["kept_over_all"] = out["error_kept"] / out["error_all"]
+    return out
+
+
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
         trained: Optional[str] = None) -> dict:
-    """Evaluate `init` (default config.init) and the refined model in TRAINED/model (default
-    WORKDIR; the last round's folder with label.rounds > 1) with the curve over TRAINED/checkpoints;
-    write WORKDIR/eval."""
+    """Evaluate `init` (default config.init), the refined model in TRAINED/model (default
+    WORKDIR; the last round's folder with label.rounds > 1) with the curve over TRAINED/checkpoints,
+    the oracle in WORKDIR/oracle/model, and the trivial baseline; write WORKDIR/eval."""
+    from refine_jax.oracle import oracle_dir
     ec = EvalConfig.from_config(config.get("eval"))
     before = checkpoints.load_model(init or config.init)
     all_clips = _clips(ec, config)
@@ -149,43 +328,73 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     out_dir = os.path.join(workdir, "eval")
     fs.makedirs(out_dir)
     is_flow = before.cfg.arch != "pips"
-    primary, lower = ("epe", True) if is_flow else ("delta_avg", False)
-    m_before, ex_before = _evaluate(before, clips, ec)
-    result = {"primary": primary, "lower_is_better": lower, "before": m_before, "after": None,
+    primary = "epe" if is_flow else "delta_avg"
+    m_before = measure(before, clips, ec, config)
+    trained = trained or workdir
+    result = {"primary": primary, "lower_is_better": lower_is_better(primary),
+              "before": m_before["model"], "after": None, "oracle": None, "baseline": m_before["baseline"],
+              "baseline_name": "zero flow" if is_flow else "query point held still",
+              "speed_bins": m_before["bins"], "labels": _label_precision(trained),
               "model_before": fs.abspath(init or config.init), "clips": len(all_clips),
               "resolution": "256x256 (rescaled)" if (ec.tapvid_256 and not is_flow)
-              else f"{clips[0].frames.shape[1]}x{clips[0].frames.shape[2]} (as stored)",
-              "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before[primary]]]}
-    trained = trained or workdir
-    model_dir = os.path.join(trained, "model")
-    ex_after = None
-    if fs.isdir(model_dir):
-        after = checkpoints.load_model(model_dir)
-        result["after"], ex_after = _evaluate(after, clips, ec)
-        result["model_after"] = fs.abspath(model_dir)
-        if ec.curve:
+              else f"{all_clips[0].frames.shape[1]}x{all_clips[0].frames.shape[2]} (as stored)",
+              "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before["model"][primary]]]}
+    examples = {"before": m_before["example"]}
+    for name, folder in (("after", os.path.join(trained, "model")),
+                         ("oracle", os.path.join(oracle_dir(workdir), "model"))):
+        if not fs.isdir(folder):
+            continue
+        loaded = checkpoints.load_model(folder)
+        m = measure(loaded, clips, ec, config)
+        result[name], result[f"model_{name}"], examples[name] = m["model"], fs.abspath(folder), m["example"]
+        if name == "after" and ec.curve:
             for step, v in _checkpoint_variables(trained):
-                m, _ = _evaluate(checkpoints.LoadedModel(after.cfg, v, {}), clips, ec)
-                result["curve"].append([step, m[primary]])
+                mc = measure(checkpoints.LoadedModel(loaded.cfg, v, {}), clips, dataclasses.replace(ec, label_free=False), config)
+                result["curve"].append([step, mc["model"][primary]])
     result["curve"].sort()
+    if result["after"]:
+        result["improved"] = {k: _improved(k, v, result["after"][k]) for k, v in result["before"].items()}
     if parallel.is_main_process():
-        fs.write_json_atomic(os.path.join(out_dir, "metrics.json"), result)
-        _figures(out_dir, result, is_flow, clips, ex_before, ex_after)
+        fs.write_json_atomic(os.path.join(out_dir, "metrics.json"), _json_safe(result))
+        _figures(out_dir, result, is_flow, clips, examples)
         _report(out_dir, result)
     parallel.barrier("eval: report written")
     return result
 
 
-def _figures(out_dir, result, is_flow, clips, ex_before, ex_after):
+def _json_safe(obj):
+    """The result with NaN (an empty speed bin) as null and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items() if k != "example"}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _improved(metric: str, before: float, after: float) -> Optional[bool]:
+    if not (np.isfinite(before) and np.isfinite(after)) or after == before:
+        return None
+    return bool((after < before) == lower_is_better(metric))
+
+
+def _figures(out_dir, result, is_flow, clips, examples):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3))
     steps, vals = zip(*result["curve"])
-    ax.plot(steps, vals, "o-")
+    ax.plot(steps, vals, "o-", label="refined")
+    ax.axhline(result["baseline"][result["primary"]], color="grey", ls="--", label=result["baseline_name"])
+    if result.get("oracle"):
+        ax.axhline(result["oracle"][result["primary"]], color="green", ls=":", label="oracle (GT labels)")
     ax.set_xlabel("training step")
     ax.set_ylabel(result["primary"])
     ax.set_title(f"{result['primary']} over refinement")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -195,32 +404,72 @@ def _figures(out_dir, result, is_flow, clips, ex_before, ex_after):
         gt = next(c.flow[0] for c in clips if c.flow is not None)
         scale = float(np.linalg.norm(gt, axis=-1).max())
         viz.save_png(os.path.join(out_dir, "flow_gt.png"), viz.flow_to_color(gt, scale))
-        viz.save_png(os.path.join(out_dir, "flow_before.png"), viz.flow_to_color(ex_before, scale))
-        if ex_after is not None:
-            viz.save_png(os.path.join(out_dir, "flow_after.png"), viz.flow_to_color(ex_after, scale))
+        for name, ex in examples.items():
+            viz.save_png(os.path.join(out_dir, f"flow_{name}.png"), viz.flow_to_color(ex, scale))
     else:
-        for name, ex in (("before", ex_before), ("after", ex_after)):
-            if ex is None:
-                continue
-            clip, out = ex
+        for name, (clip, out) in examples.items():
             t = len(clip.frames) - 1
             img = viz.draw_tracks(clip.frames[t], out["tracks"][:, t], out["visible"][:, t],
                                   tails=out["tracks"][:, :t + 1])
             viz.save_png(os.path.join(out_dir, f"tracks_{name}.png"), img)
 
 
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
+
+
 def _report(out_dir, r):
+    """report.md: a verdict, then every metric with its direction, the baseline and the oracle."""
+    p, b, a = r["primary"], r["before"], r["after"]
     lines = ["# Evaluation report", "",
-             f"Primary metric: **{r['primary']}** ({'lower' if r['lower_is_better'] else 'higher'} is better), "
              f"{r['clips']} clips, resolution {r['resolution']}"
-             + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ".", "",
-             "| metric | before | after | change |", "|---|---|---|---|"]
-    for k, v in r["before"].items():
-        a = r["after"][k] if r["after"] else None
-        ch = "" if a is None else f"{a - v:+.4f}" + (f" ({100 * (a - v) / v:+.1f} %)" if v else "")
-        lines.append(f"| {k} | {v:.4f} | {'' if a is None else f'{a:.4f}'} | {ch} |")
-    lines += ["", f"Before: `{r['model_before']}`  ", f"After: `{r.get('model_after', '(no refined model)')}`",
-              "", "![curve](curve.png)", ""]
-    lines += (["![ground truth](flow_gt.png) ![before](flow_before.png) ![after](flow_after.png)"]
+             + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ". "
+             f"Trivial baseline: {r['baseline_name']}.", ""]
+    if a:
+        change = a[p] - b[p]
+        lines += [f"**{p}** ({'lower' if r['lower_is_better'] else 'higher'} is better): "
+                  f"{b[p]:.4f} before, {a[p]:.4f} after ({change:+.4f}, {100 * change / b[p]:+.1f} %): "
+                  f"{'improved' if r['improved'][p] else 'not improved'}; {r['baseline_name']} "
+                  f"{r['baseline'][p]:.4f}" + (f"; oracle {r['oracle'][p]:.4f}" if r.get("oracle") else "") + ".", ""]
+        base = r["baseline"][p]
+        for name in ("before", "after"):
+            if not _improved(p, base, r[name][p]):
+                lines += [f"**The model {name} refinement is no better than {r['baseline_name']}** "
+                          f"({r[name][p]:.4f} vs {base:.4f}): a gain next to it can be a collapse towards no motion.", ""]
+        worse = [k for k, v in r["improved"].items() if v is False]
+        if worse:
+            lines += [f"Worse after refinement: {', '.join(worse)}.", ""]
+    lines += ["| metric | better | baseline | before | after | change | improved | oracle |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k, v in b.items():
+        av = a[k] if a else None
+        ch = "" if av is None else f"{av - v:+.4f}"
+        imp = {True: "yes", False: "**no**", None: ""}[r["improved"][k]] if a else ""
+        orc = _fmt(r["oracle"][k]) if r.get("oracle") else ""
+        lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {_fmt(r['baseline'].get(k))} | "
+                     f"{_fmt(v)} | {_fmt(av)} | {ch} | {imp} | {orc} |")
+    unit = "pixels" if r["primary"] == "epe" else "tracks"
+    lines += ["", f"Share of {unit} per ground-truth speed bin ({'px' if unit == 'pixels' else 'px/frame'}): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in r["speed_bins"].items()) + ".", ""]
+    lab = r.get("labels")
+    if lab and lab.get("error_all") is not None:
+        lines += ["## Pseudo-labels", "",
+                  f"Yield {lab['yield']:.4f} ({lab['kept']} of {lab['total']}); ground-truth error of the kept "
+                  f"labels {_fmt(lab['error_kept'])} against {_fmt(lab['error_all'])} for all estimates "
+                  f"(ratio {_fmt(lab.get('kept_over_all'))}).", ""]
+        if lab.get("per_speed_bin"):
+            lines += ["| GT speed bin | yield | error kept | error all |", "|---|---|---|---|"]
+            for k, v in sorted(lab["per_speed_bin"].items(), key=lambda kv: float(kv[0][1:].split(",")[0])):
+                lines.append(f"| {k} | {v['yield']:.4f} | {_fmt(v['error_kept'])} | {_fmt(v['error_all'])} |")
+            lines.append("")
+    elif lab:
+        lines += ["## Pseudo-labels", "", f"Yield {_fmt(lab.get('yield'))} (no ground truth in the labelled videos).", ""]
+    lines += ["cycle_pass and photometric_error need no ground truth: the share of estimates that pass the "
+              "labelling cycle check and their photometric error in grey levels. Zero motion passes any cycle "
+              "check; the photometric error is what exposes it.", "",
+              f"Before: `{r['model_before']}`  ", f"After: `{r.get('model_after', '(no refined model)')}`  ",
+              f"Oracle: `{r.get('model_oracle', '(no oracle run)')}`", "", "![curve](curve.png)", ""]
+    lines += (["![ground truth](flow_gt.png) ![before](flow_before.png) ![after](flow_after.png)"
+               + (" ![oracle](flow_oracle.png)" if r.get("oracle") else "")]
               if r["primary"] == "epe" else ["![before](tracks_before.png) ![after](tracks_after.png)"])
     fs.write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")

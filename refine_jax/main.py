@@ -28,18 +28,30 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs: this
 
 
 def stages():
-    from refine_jax import demo, evaluate
+    from refine_jax import demo, evaluate, oracle
     from refine_jax.labels import generate
     from refine_jax.train import trainer
     return {"generate": demo.generate, "pretrain": demo.pretrain, "label": generate.run,
-            "train": trainer.run, "eval": evaluate.run}
+            "train": trainer.run, "oracle": oracle.run, "eval": evaluate.run}
+
+
+def stage_names(config) -> list:
+    """The configured stages as a list ('--config.stages=a,b' arrives as one string)."""
+    names = config.stages
+    if isinstance(names, str):
+        names = (names,)
+    return [n.strip() for item in names for n in item.split(",") if n.strip()]
 
 
 def resolve(config, workdir: str):
-    """Fill the embedded demo's defaults: init = the pre-trained model, videos = the target domain."""
-    from refine_jax import demo
-    if not config.init:
+    """Fill the embedded demo's defaults: init = the model pre-trained in this workdir when it has
+    (or had) a `pretrain` stage, else the committed stand-in; videos = the generated target domain."""
+    from refine_jax import demo, fs
+    names = stage_names(config)
+    if not config.init and ("pretrain" in names or fs.exists(demo.pretrained_dir(workdir))):
         config.init = demo.pretrained_dir(workdir)
+    elif not config.init and set(names) & {"label", "train", "oracle", "eval"}:
+        config.init = demo.standin_dir(config.demo.arch)
     if not config.data.videos:
         config.data.videos = demo.target_dir(workdir)
     return config
@@ -53,10 +65,7 @@ def run(config, workdir: str) -> dict:
     fs.makedirs(workdir)
     config = resolve(config, workdir)
     table, summary = stages(), {}
-    names = config.stages
-    if isinstance(names, str):
-        names = (names,)
-    names = [n.strip() for item in names for n in item.split(",") if n.strip()]  # '--config.stages=a,b'
+    names = stage_names(config)
     for name in names:
         if name not in table:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(table)}")

@@ -88,3 +88,26 @@ def test_rebalance_caps_bins_and_drops_slow():
     assert len(keep) == 20 and (speeds[keep] > 0).all()
     assert (speeds[keep] == 2.0).sum() == 10 and (speeds[keep] == 10.0).sum() == 10
     assert cycle.speed_histogram(tracks, [1, 5]) == {"[0,1)": 20, "[1,5)": 50, "[5,inf)": 30}
+
+
+def test_noise_measured_and_colour_test_adapted_to_it():
+    img = np.clip(_smooth_image(64, 80) + RNG.normal(0, 4.0, (64, 80, 3)), 0, 255)[None]
+    sigma = float(cycle.noise_sigma(jnp.asarray(img))[0])
+    assert 3.6 < sigma < 4.6                          # 4 grey levels of noise on a smooth image
+    assert float(cycle.noise_sigma(jnp.asarray(_smooth_image(64, 80)[None]))[0]) < 0.5
+    # two noisy views of the same image: the reference colour test (1.3 grey levels) rejects most
+    # correct matches, the noise-adapted one keeps almost all of them
+    clean = _smooth_image(64, 80)
+    a = clean + RNG.normal(0, 4.0, clean.shape)
+    b = clean + RNG.normal(0, 4.0, clean.shape)
+    f = jnp.zeros((1, 64, 80, 2))
+    ref, *_ = cycle.flow_cycle_check(f, f, jnp.asarray(a[None]), jnp.asarray(b[None]))
+    adapt, *_ = cycle.flow_cycle_check(f, f, jnp.asarray(a[None]), jnp.asarray(b[None]),
+                                       cycle.FlowCheck(color_noise=True))
+    assert float(np.asarray(ref).mean()) < 0.2 and float(np.asarray(adapt).mean()) > 0.97
+    # a global exposure change: rejected by the reference test, accepted with the gain compensated
+    brighter = clean * np.array([1.05, 1.04, 1.06])
+    ref, *_ = cycle.flow_cycle_check(f, f, jnp.asarray(clean[None]), jnp.asarray(brighter[None]))
+    gain, *_ = cycle.flow_cycle_check(f, f, jnp.asarray(clean[None]), jnp.asarray(brighter[None]),
+                                      cycle.FlowCheck(color_gain=True))
+    assert float(np.asarray(ref).mean()) < 0.05 and float(np.asarray(gain).mean()) > 0.99

@@ -16,14 +16,23 @@ def test_runlocal_all_stages(config, tmp_path):
                            f"--workdir={wd}"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "before" in proc.stdout and "after" in proc.stdout
-    for path in ("data/source/manifest.json", "data/target/manifest.json", "pretrain/model/model.json",
-                 "labels/manifest.json", "model/model.json", "eval/metrics.json", "eval/report.md",
-                 "eval/curve.png"):
+    for path in ("data/source/manifest.json", "data/source_eval/manifest.json", "data/target/manifest.json",
+                 "pretrain/model/model.json", "labels/manifest.json", "model/model.json", "oracle/model/model.json",
+                 "eval/metrics.json", "eval/report.md", "eval/curve.png"):
         assert (wd / path).exists(), path
     m = json.loads((wd / "eval" / "metrics.json").read_text())
-    assert m["primary"] == ("epe" if config == "raft" else "delta_avg")
-    assert set(m["before"]) == set(m["after"]) and m["primary"] in m["after"]
+    primary = "epe" if config == "raft" else "delta_avg"
+    assert m["primary"] == primary
+    assert set(m["before"]) == set(m["after"]) == set(m["oracle"]) and primary in m["after"]
+    assert primary in m["baseline"] and m["baseline_name"] == ("zero flow" if config == "raft" else "query point held still")
+    speed = "epe@[4,16)" if config == "raft" else "ate@[4,16)"
+    assert speed in m["after"] and "cycle_pass" in m["after"] and "photometric_error" in m["after"]
+    assert set(m["improved"]) == set(m["before"]) and abs(sum(m["speed_bins"].values()) - 1) < 1e-6
+    report = (wd / "eval" / "report.md").read_text()
+    assert "| metric | better | baseline | before | after | change | improved | oracle |" in report
     assert len(m["curve"]) >= 2
+    prov = json.loads((wd / "pretrain" / "model" / "model.json").read_text())["provenance"]
+    assert "source_metrics" in prov and "recipe" in prov
     assert os.listdir(wd / "tensorboard")
     # a re-run resumes every stage from what is on disk and changes nothing
     again = subprocess.run([sys.executable, "-m", "refine_jax.main",

@@ -7,6 +7,11 @@ Flow (spec/method.md section 3, decisions Q2/Q3): a pixel x of frame t keeps its
   mean_c |I_{t+1}(x + f(x)) - I_t(x)| < color_thresh            (images on the [-0.5, 0.5] scale,
                                                                   a correct warp)
   |f(x)| < max_flow.
+Two options adapt the colour test to real cameras (both off in the reference):
+  color_noise  the threshold becomes max(color_thresh, the difference two correct matches show
+               under the sensor noise measured in the pair; `noise_color_threshold`)
+  color_gain   I_{t+1} is first scaled per channel by the ratio of the two images' means over the
+               pixels that pass the forward-backward test (auto-exposure and lighting drift)
 Tracks (section 6.1): a track is kept when the backward track (run from the forward end point on the
 time-reversed clip, flipped back) stays within tau px of the forward one at every frame.
 
@@ -30,6 +35,31 @@ class FlowCheck:
     beta: float = 0.1
     color_thresh: float = 0.005
     max_flow: float = 400.0
+    color_noise: bool = False
+    color_gain: bool = False
+
+
+# Immerkaer's noise estimator: this kernel cancels locally planar signal and keeps white noise,
+# with sum(k^2) = 36, so sigma = sqrt(pi / 2) / 6 * mean |I * k| for Gaussian noise.
+_NOISE_KERNEL = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], np.float32)
+
+
+def noise_sigma(image):
+    """Sensor noise sigma of each image (B, H, W, 3) in grey levels (Immerkaer 1996, over the
+    channels): (B,). Texture adds to it, so it errs on the side of a looser colour test."""
+    x = jnp.moveaxis(image.astype(jnp.float32), -1, 1)                     # (B, 3, H, W)
+    b, c, h, w = x.shape
+    r = jax.lax.conv_general_dilated(x.reshape(b * c, 1, h, w), jnp.asarray(_NOISE_KERNEL)[None, None],
+                                     (1, 1), "VALID", precision=jax.lax.Precision.HIGHEST)
+    return jnp.sqrt(jnp.pi / 2) / 6.0 * jnp.abs(r).reshape(b, -1).mean(-1)
+
+
+def noise_color_threshold(sigma):
+    """The colour threshold (on the [-0.5, 0.5] scale) that two correct matches pass under
+    independent Gaussian noise of `sigma` grey levels in each image: a channel difference is
+    N(0, 2 sigma^2), its absolute value has mean 2 sigma / sqrt(pi) = 1.128 sigma and std
+    0.853 sigma, the mean over 3 channels has std 0.492 sigma; mean + 2.5 std = 2.36 sigma."""
+    return (2.0 / np.sqrt(np.pi) + 2.5 * np.sqrt(2.0 * (1.0 - 2.0 / np.pi) / 3.0)) * sigma / 255.0
 
 
 def _grid(h: int, w: int):
@@ -56,10 +86,26 @@ def flow_cycle_check(flow_fw, flow_bw, image1, image2, check: FlowCheck = FlowCh
     thr = check.alpha * (norm(flow_fw) + norm(flow_bw)) + check.beta
     cycle_error = diff / thr
     i1 = image1.astype(jnp.float32) / 255.0 - 0.5
-    i2 = image2.astype(jnp.float32) / 255.0 - 0.5
-    color_error = jnp.mean(jnp.abs(warp(i2, flow_fw) - i1), -1)
-    valid = (diff <= thr) & (color_error < check.color_thresh) & (norm(flow_fw) < check.max_flow)
+    w2 = warp(image2.astype(jnp.float32) / 255.0 - 0.5, flow_fw)  # zero padding = mid-grey outside
+    consistent = (diff <= thr) & (norm(flow_fw) < check.max_flow)
+    if check.color_gain:  # per-channel gain of image 1 over warped image 2 where the match is trusted
+        m = (consistent & _inside(flow_fw))[..., None]
+        gain = (jnp.sum((i1 + 0.5) * m, (1, 2)) + 1e-3) / (jnp.sum((w2 + 0.5) * m, (1, 2)) + 1e-3)
+        w2 = (w2 + 0.5) * gain[:, None, None, :] - 0.5
+    color_error = jnp.mean(jnp.abs(w2 - i1), -1)
+    color_thresh = jnp.float32(check.color_thresh)
+    if check.color_noise:
+        sigma = jnp.maximum(noise_sigma(image1), noise_sigma(image2))
+        color_thresh = jnp.maximum(color_thresh, noise_color_threshold(sigma))[:, None, None]
+    valid = consistent & (color_error < color_thresh)
     return valid, cycle_error, color_error
+
+
+def _inside(flow):
+    """(B, H, W) whether x + flow(x) lies inside the image."""
+    h, w = flow.shape[1:3]
+    p = _grid(h, w) + flow
+    return (p[..., 0] >= 0) & (p[..., 0] <= w - 1) & (p[..., 1] >= 0) & (p[..., 1] <= h - 1)
 
 
 def track_cycle_check(fwd, bwd, tau: float):

@@ -35,12 +35,13 @@ from refine_jax.labels import cycle
 from refine_jax.models.pips import Pips, PipsConfig
 from refine_jax.models.raft import RAFT, RAFTConfig, pad_images, unpad, check_image_size
 
-FLOW_SPEED_BINS = (1.0, 4.0, 16.0, 64.0)  # |flow| px
+FLOW_SPEED_BINS = (1.0, 4.0, 16.0)  # |flow| px: bins [0,1), [1,4), [4,16), [16,inf)
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
-    """Labelling settings (config.label). Flow: alpha, beta, color_thresh, max_flow. Tracks: tau,
+    """Labelling settings (config.label). Flow: alpha, beta, color_thresh, max_flow, color_noise,
+    color_gain (labels/cycle.py). Tracks: tau,
     grid (points per side), densify_window (0 = off), use_gt_points, window_hop, stride, speed_bins
     (px/frame), cap_per_bin (0 = no cap), min_speed, max_queries (padded query count per window)."""
     out: str = "labels"
@@ -50,6 +51,8 @@ class LabelConfig:
     beta: float = 0.1
     color_thresh: float = 0.005
     max_flow: float = 400.0
+    color_noise: bool = False
+    color_gain: bool = False
     tau: float = 3.0
     grid: int = 16
     densify_window: int = 0
@@ -90,7 +93,7 @@ class FlowLabeler:
         self.variables, self.lc, self.mesh = variables, lc, mesh
         iters = lc.iters or 32
         model = RAFT(cfg)
-        check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow)
+        check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow, lc.color_noise, lc.color_gain)
 
         def fn(variables, im1, im2):
             p1, lrtb = pad_images(im1.astype(jnp.float32))
@@ -98,30 +101,38 @@ class FlowLabeler:
             out = model.apply(variables, jnp.concatenate([p1, p2]), jnp.concatenate([p2, p1]), iters=iters)
             flows = unpad(out["flow_up"], lrtb)
             fw, bw = jnp.split(flows, 2)
-            valid, cyc, _ = cycle.flow_cycle_check(fw, bw, im1, im2, check)
-            return fw, valid, cyc
+            valid, cyc, color = cycle.flow_cycle_check(fw, bw, im1, im2, check)
+            return fw, valid, cyc, color
 
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        jitted = jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b))
+        jitted = jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b, b))
         self.variables = parallel.put(variables, r)
         self.fn = lambda v, im1, im2: jitted(v, parallel.put(im1, b), parallel.put(im2, b))
 
-    def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
-        t, h, w = clip.frames.shape[:3]
-        check_image_size(h, w, f"frames of {clip.video_id}")
+    def estimate(self, frames: np.ndarray, what: str = "frames"):
+        """Forward flow, label mask and colour error of every consecutive pair of uint8 frames
+        (T, H, W, 3): (T-1, H, W, 2) px, (T-1, H, W) bool, (T-1, H, W) on the [-0.5, 0.5] scale."""
+        t, h, w = frames.shape[:3]
+        check_image_size(h, w, what)
         pairs = list(range(t - 1))
         bs = parallel.padded_size(min(self.lc.batch, len(pairs)), self.mesh)
+        out = []
         for k in range(0, len(pairs), bs):
             idx = pairs[k:k + bs]
-            im1 = parallel.pad_batch(clip.frames[idx], bs)
-            im2 = parallel.pad_batch(clip.frames[[i + 1 for i in idx]], bs)
-            fw, valid, _ = (np.asarray(x)[:len(idx)] for x in self.fn(self.variables, im1, im2))
-            for j, i in enumerate(idx):
-                self._stats(stats, clip, i, fw[j], valid[j])
-                yield shards.Clip(clip.video_id, clip.frames[i:i + 2],
-                                  clip_start=clip.clip_start + i * clip.frame_stride,
-                                  frame_stride=clip.frame_stride, fps=clip.fps,
-                                  flow=fw[j][None], flow_valid=valid[j][None])
+            im1 = parallel.pad_batch(frames[idx], bs)
+            im2 = parallel.pad_batch(frames[[i + 1 for i in idx]], bs)
+            fw, valid, _, color = (np.asarray(x)[:len(idx)] for x in self.fn(self.variables, im1, im2))
+            out.append((fw, valid, color))
+        return tuple(np.concatenate(x) for x in zip(*out))
+
+    def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
+        fw, valid, _ = self.estimate(clip.frames, f"frames of {clip.video_id}")
+        for i in range(len(fw)):
+            self._stats(stats, clip, i, fw[i], valid[i])
+            yield shards.Clip(clip.video_id, clip.frames[i:i + 2],
+                              clip_start=clip.clip_start + i * clip.frame_stride,
+                              frame_stride=clip.frame_stride, fps=clip.fps,
+                              flow=fw[i][None], flow_valid=valid[i][None])
 
     @staticmethod
     def _stats(stats, clip, i, fw, valid):
@@ -139,14 +150,18 @@ class FlowLabeler:
             b = stats.setdefault("per_speed_bin", {}).setdefault(f"[{lo:g},{hi:g})", {})
             _add(b, "total", int(sel.sum()))
             _add(b, "kept", int((sel & valid).sum()))
-        if clip.flow is not None:
+        if clip.flow is not None:  # precision of the labels, overall and per ground-truth speed bin
             gt_ok = clip.flow_valid[i] if clip.flow_valid is not None else np.ones_like(valid)
             epe = np.linalg.norm(fw - clip.flow[i], axis=-1)
+            gt_mag = np.linalg.norm(clip.flow[i], axis=-1)
             g = stats.setdefault("gt", {})
-            _add(g, "all_sum", float(epe[gt_ok].sum()))
-            _add(g, "all_n", int(gt_ok.sum()))
-            _add(g, "kept_sum", float(epe[gt_ok & valid].sum()))
-            _add(g, "kept_n", int((gt_ok & valid).sum()))
+            for name, sel in [("", gt_ok)] + [(f"[{lo:g},{hi:g})", gt_ok & (gt_mag >= lo) & (gt_mag < hi))
+                                              for lo, hi in zip(edges[:-1], edges[1:])]:
+                into = g.setdefault("per_speed_bin", {}).setdefault(name, {}) if name else g
+                _add(into, "all_sum", float(epe[sel].sum()))
+                _add(into, "all_n", int(sel.sum()))
+                _add(into, "kept_sum", float(epe[sel & valid].sum()))
+                _add(into, "kept_n", int((sel & valid).sum()))
 
 
 # ------------------------------------------------------------------------------------------ tracks
@@ -208,49 +223,56 @@ class TrackLabeler:
             pad[n:] = q[0]
         return pad, n, n_gt
 
-    def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
+    def estimate(self, clip: shards.Clip):
+        """Per labelling window of the clip: (start, tracks (n, S, 2) px, keep (n,) bool, visible
+        (n, S) bool, n_gt) for its n queries (GT points first, then the grid)."""
         s = self.cfg.S
         t, h, w = clip.frames.shape[:3]
         starts = list(range(0, t - s + 1, self.lc.window_hop))
-        if not starts:
-            _add(stats, "short_clips_skipped", 1)
-            return
-        bs = parallel.padded_size(min(self.lc.batch, len(starts)), self.mesh)
+        bs = parallel.padded_size(min(self.lc.batch, max(len(starts), 1)), self.mesh)
         for k in range(0, len(starts), bs):
             ws = starts[k:k + bs]
             qs = [self._queries(clip, st, h, w) for st in ws]
             frames = parallel.pad_batch(np.stack([clip.frames[st:st + s] for st in ws]), bs)
             xys = parallel.pad_batch(np.stack([q for q, _, _ in qs]), bs)
-            coords, vis, keep, err = (np.asarray(x)[:len(ws)] for x in self.fn(self.variables, frames, xys))
+            coords, vis, keep, _ = (np.asarray(x)[:len(ws)] for x in self.fn(self.variables, frames, xys))
             for j, st in enumerate(ws):
                 _, n, n_gt = qs[j]
-                tracks = coords[j].transpose(1, 0, 2)[:n]          # (n, S, 2)
-                kept = np.nonzero(keep[j][:n])[0]
-                self._gt_stats(stats, clip, st, tracks, keep[j][:n], n_gt)
-                chosen = kept[cycle.rebalance(tracks[kept], self.lc.speed_bins, self.lc.cap_per_bin,
-                                              self.lc.min_speed, self._rng(clip, st))] if len(kept) else kept
-                _add(stats, "samples", 1)
-                _add(stats, "total", n)
-                _add(stats, "kept", len(kept))
-                _add(stats, "written", len(chosen))
-                v = stats.setdefault("per_video", {}).setdefault(clip.video_id, {})
-                _add(v, "total", n)
-                _add(v, "kept", len(kept))
-                _add(v, "written", len(chosen))
-                hist_all = cycle.speed_histogram(tracks, self.lc.speed_bins)
-                hist_kept = cycle.speed_histogram(tracks[kept], self.lc.speed_bins)
-                for key in hist_all:
-                    b = stats.setdefault("per_speed_bin", {}).setdefault(key, {})
-                    _add(b, "total", hist_all[key])
-                    _add(b, "kept", hist_kept[key])
-                if len(chosen) == 0:
-                    continue
-                tr = tracks[chosen].astype(np.float32)
-                yield shards.Clip(clip.video_id, clip.frames[st:st + s],
-                                  clip_start=clip.clip_start + st * clip.frame_stride,
-                                  frame_stride=clip.frame_stride, fps=clip.fps, tracks=tr,
-                                  visible=vis[j].T[:n][chosen],
-                                  query_points=np.concatenate([np.zeros((len(tr), 1)), tr[:, 0]], -1))
+                yield st, coords[j].transpose(1, 0, 2)[:n], keep[j][:n], vis[j].T[:n], n_gt
+
+    def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
+        s = self.cfg.S
+        if clip.frames.shape[0] < s:
+            _add(stats, "short_clips_skipped", 1)
+            return
+        for st, tracks, keep, vis, n_gt in self.estimate(clip):
+            n = len(tracks)
+            kept = np.nonzero(keep)[0]
+            self._gt_stats(stats, clip, st, tracks, keep, n_gt)
+            chosen = kept[cycle.rebalance(tracks[kept], self.lc.speed_bins, self.lc.cap_per_bin,
+                                          self.lc.min_speed, self._rng(clip, st))] if len(kept) else kept
+            _add(stats, "samples", 1)
+            _add(stats, "total", n)
+            _add(stats, "kept", len(kept))
+            _add(stats, "written", len(chosen))
+            v = stats.setdefault("per_video", {}).setdefault(clip.video_id, {})
+            _add(v, "total", n)
+            _add(v, "kept", len(kept))
+            _add(v, "written", len(chosen))
+            hist_all = cycle.speed_histogram(tracks, self.lc.speed_bins)
+            hist_kept = cycle.speed_histogram(tracks[kept], self.lc.speed_bins)
+            for key in hist_all:
+                b = stats.setdefault("per_speed_bin", {}).setdefault(key, {})
+                _add(b, "total", hist_all[key])
+                _add(b, "kept", hist_kept[key])
+            if len(chosen) == 0:
+                continue
+            tr = tracks[chosen].astype(np.float32)
+            yield shards.Clip(clip.video_id, clip.frames[st:st + s],
+                              clip_start=clip.clip_start + st * clip.frame_stride,
+                              frame_stride=clip.frame_stride, fps=clip.fps, tracks=tr,
+                              visible=vis[chosen],
+                              query_points=np.concatenate([np.zeros((len(tr), 1)), tr[:, 0]], -1))
 
     @staticmethod
     def _gt_stats(stats, clip, st, tracks, keep, n_gt):
@@ -267,16 +289,28 @@ class TrackLabeler:
         m = gvis.copy()
         m[:, 0] = False                                           # the query frame is pinned
         g = stats.setdefault("gt", {})
-        _add(g, "all_sum", float(err[m].sum()))
-        _add(g, "all_n", int(m.sum()))
-        km = m & keep[:n_gt, None]
-        _add(g, "kept_sum", float(err[km].sum()))
-        _add(g, "kept_n", int(km.sum()))
+        speed = cycle.mean_speed(gt)
+        edges = (0.0, *FLOW_SPEED_BINS, np.inf)
+        for name, sel in [("", m)] + [(f"[{lo:g},{hi:g})", m & ((speed >= lo) & (speed < hi))[:, None])
+                                      for lo, hi in zip(edges[:-1], edges[1:])]:
+            into = g.setdefault("per_speed_bin", {}).setdefault(name, {}) if name else g
+            _add(into, "all_sum", float(err[sel].sum()))
+            _add(into, "all_n", int(sel.sum()))
+            km = sel & keep[:n_gt, None]
+            _add(into, "kept_sum", float(err[km].sum()))
+            _add(into, "kept_n", int(km.sum()))
         _add(g, "points", int(n_gt))
         _add(g, "points_kept", int(keep[:n_gt].sum()))
 
 
 # ------------------------------------------------------------------------------------------ stage
+
+def _precision(g: dict) -> dict:
+    """Mean ground-truth error of all estimates and of the kept ones, and the yield, from sums."""
+    return {"error_all": g["all_sum"] / max(g["all_n"], 1),
+            "error_kept": g["kept_sum"] / g["kept_n"] if g["kept_n"] else float("nan"),
+            "yield": g["kept_n"] / max(g["all_n"], 1), "n": g["all_n"]}
+
 
 def _summary(stats: dict) -> dict:
     out = dict(stats)
@@ -286,6 +320,8 @@ def _summary(stats: dict) -> dict:
     if g and g.get("all_n"):
         out["gt_error_all"] = g["all_sum"] / g["all_n"]
         out["gt_error_kept"] = g["kept_sum"] / max(g["kept_n"], 1)
+        if g.get("per_speed_bin"):
+            out["gt_per_speed_bin"] = {k: _precision(v) for k, v in g["per_speed_bin"].items()}
     return out
 
 

@@ -1,0 +1,133 @@
+"""Shift study: does refinement help for each kind of appearance shift, and how much could it?
+
+  python -m refine_jax.study --config=configs/raft.py --workdir=runs/study_raft \
+      [--shifts=default,motion_blur,fog,noise,brightness,defocus,jpeg,textures] \
+      [--severities=1,2] [--seeds=0,1,2] [--config.FIELD=VALUE ...]
+
+Every cell (shift, severity, seed) runs the config's demo stages on a procedural target with only
+that shift at that severity ('default' scales every shift of the demo's combined target) and
+target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a finished cell is read back, so the study
+resumes. Then it prints, per shift and severity, the primary metric of the trivial baseline, the
+model before and after refinement and the oracle (mean +- std over seeds), the relative change,
+and how many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Dict, List
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from refine_jax import fs
+from refine_jax.data import shifts as shifts_lib
+from refine_jax.data import synthetic
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "study folder (resumed if it exists)")
+_SHIFTS = flags.DEFINE_list("shifts", ["default", *shifts_lib.NAMES], "shifts to study")
+_SEVERITIES = flags.DEFINE_list("severities", ["1", "2"], "severities")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "target seeds")
+
+
+def shift_spec(shift: str, severity: float) -> str:
+    """The demo.target_shifts string of one cell."""
+    if shift == "default":
+        return ",".join(f"{n}:{s * severity:g}" for n, s in synthetic.TARGET_SHIFTS)
+    shifts_lib.check(((shift, severity),))
+    return f"{shift}:{severity:g}"
+
+
+def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> dict:
+    """One cell's eval metrics (running the stages unless its metrics.json exists)."""
+    from refine_jax import main as main_lib
+    path = os.path.join(workdir, "eval", "metrics.json")
+    if not fs.exists(path):
+        c = copy.deepcopy(config)
+        c.demo.target_shifts = shift_spec(shift, severity)
+        c.demo.seed = seed
+        c.eval.curve = False
+        main_lib.run(c, workdir)
+    return fs.read_json(path)
+
+
+def summarise(cells: Dict[tuple, dict]) -> List[dict]:
+    """Rows per (shift, severity): mean and std over seeds of the primary metric per model."""
+    rows = []
+    for shift, sev in sorted({k[:2] for k in cells}, key=lambda k: (k[0] != "default", k)):
+        runs = [cells[k] for k in cells if k[:2] == (shift, sev)]
+        p, lower = runs[0]["primary"], runs[0]["lower_is_better"]
+        get = lambda name: np.array([r[name][p] if r.get(name) else np.nan for r in runs], np.float64)
+        before, after = get("before"), get("after")
+        change = 100 * (after - before) / before
+        rows.append({"shift": shift, "severity": sev, "seeds": len(runs), "metric": p, "lower_is_better": lower,
+                     **{f"{n}_{s}": float(f(get(n))) for n in ("baseline", "before", "after", "oracle")
+                        for s, f in (("mean", np.nanmean), ("std", np.nanstd))},
+                     "change_pct_mean": float(np.nanmean(change)), "change_pct_std": float(np.nanstd(change)),
+                     "improved": int(np.sum((after < before) if lower else (after > before)))})
+    return rows
+
+
+def table(rows: List[dict]) -> str:
+    if not rows:
+        return "(no cells)"
+    p = rows[0]["metric"]
+    lines = [f"| shift | severity | {p} baseline | before | after | oracle | change % | improved |",
+             "|---|---|---|---|---|---|---|---|"]
+    pm = lambda r, n: f"{r[n + '_mean']:.4f} ± {r[n + '_std']:.4f}"
+    for r in rows:
+        lines.append(f"| {r['shift']} | {r['severity']:g} | {pm(r, 'baseline')} | {pm(r, 'before')} | "
+                     f"{pm(r, 'after')} | {pm(r, 'oracle')} | {r['change_pct_mean']:+.1f} ± {r['change_pct_std']:.1f} | "
+                     f"{r['improved']}/{r['seeds']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: List[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = [f"{r['shift']}\n{r['severity']:g}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 3.5))
+    for k, (name, colour) in enumerate((("baseline", "grey"), ("before", "tab:red"), ("after", "tab:blue"),
+                                        ("oracle", "tab:green"))):
+        ax.bar(x + (k - 1.5) * 0.2, [r[f"{name}_mean"] for r in rows], 0.2,
+               yerr=[r[f"{name}_std"] for r in rows], label=name, color=colour)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel(rows[0]["metric"])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fs.write_bytes_atomic(path, buf.getvalue())
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config, root = _CONFIG.value, _WORKDIR.value
+    cells = {}
+    for shift in _SHIFTS.value:
+        for sev in map(float, _SEVERITIES.value):
+            for seed in map(int, _SEEDS.value):
+                wd = os.path.join(root, f"{shift}_{sev:g}", f"seed{seed}")
+                print(f"study: {shift} {sev:g} seed {seed} in {wd}", flush=True)
+                cells[(shift, sev, seed)] = run_cell(config, wd, shift, sev, seed)
+    rows = summarise(cells)
+    text = table(rows)
+    print(text)
+    fs.write_text_atomic(os.path.join(root, "study.md"), "# Shift study\n\n" + text + "\n")
+    fs.write_json_atomic(os.path.join(root, "study.json"), rows)
+    plot(rows, os.path.join(root, "study.png"))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

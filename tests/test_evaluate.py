@@ -1,0 +1,74 @@
+"""The eval stage's arithmetic and report, and the shift study's summary, on hand-made numbers."""
+import numpy as np
+
+from refine_jax import evaluate, study
+from refine_jax.data import synthetic
+
+
+def test_flow_metrics_per_speed_bin_and_zero_baseline():
+    gt = np.zeros((4, 8, 2))
+    gt[0, :, 0] = 0.5            # bin [0,1)
+    gt[1, :, 0] = 2.0            # [1,4)
+    gt[2, :, 0] = 8.0            # [4,16)
+    gt[3, :, 0] = 20.0           # [16,inf)
+    pred = gt.copy()
+    pred[3, :, 1] = 5.0          # 5 px off on the fastest row only
+    valid = np.zeros((4, 8), bool)
+    valid[:2] = True
+    color = np.full((4, 8), 2.0 / 255)
+    rows = [evaluate._flow_row(pred, valid, color, gt, None)]
+    m = evaluate._flow_metrics(rows, "")
+    assert np.isclose(m["epe"], 5.0 / 4) and np.isclose(m["1px"], 0.75) and np.isclose(m["5px"], 0.75)
+    assert m["epe@[0,1)"] == 0 and m["epe@[4,16)"] == 0 and np.isclose(m["epe@[16,inf)"], 5.0)
+    assert np.isclose(m["cycle_pass"], 0.5) and np.isclose(m["photometric_error"], 2.0)
+    z = evaluate._flow_metrics(rows, "zero:")
+    assert np.isclose(z["epe"], (0.5 + 2 + 8 + 20) / 4) and np.isclose(z["epe@[4,16)"], 8.0)
+    assert "cycle_pass" not in z
+
+
+def test_track_rows_static_baseline_and_bins():
+    t = np.arange(5, dtype=float)
+    gt = np.stack([np.stack([10 + 0.5 * t, 10 + 0 * t], -1), np.stack([20 + 6 * t, 30 + 0 * t], -1)])
+    vis = np.ones((2, 5), bool)
+    q = np.array([[0, 10, 10], [0, 20, 30]], float)
+    still = np.repeat(q[:, None, 1:], 5, axis=1)
+    row = evaluate._track_row(q, gt, vis, still, vis, evaluate.EvalConfig(), (64, 64))
+    assert np.isclose(row["ate"], (0.5 * 2.5 + 6 * 2.5) / 2)             # mean over frames 1..4
+    assert row["tracks@[0,1)"] == 1 and row["tracks@[4,16)"] == 1
+    m = evaluate._track_metrics([row])
+    assert np.isclose(m["ate@[0,1)"], 1.25) and np.isclose(m["ate@[4,16)"], 15.0) and np.isnan(m["ate@[1,4)"])
+
+
+def test_directions_and_report_flag_what_got_worse(tmp_path):
+    assert evaluate.lower_is_better("epe") and evaluate.lower_is_better("epe@[4,16)")
+    assert evaluate.lower_is_better("ate@[0,1)") and evaluate.lower_is_better("photometric_error")
+    assert not evaluate.lower_is_better("1px") and not evaluate.lower_is_better("delta_avg")
+    assert not evaluate.lower_is_better("cycle_pass")
+    before = {"epe": 1.44, "1px": 0.300, "cycle_pass": 0.07}
+    after = {"epe": 1.39, "1px": 0.268, "cycle_pass": 0.07}
+    r = {"primary": "epe", "lower_is_better": True, "before": before, "after": after, "oracle": None,
+         "baseline": {"epe": 1.387, "1px": 0.1}, "baseline_name": "zero flow", "speed_bins": {"[0,1)": 1.0},
+         "labels": None, "model_before": "a", "clips": 1, "resolution": "8x8", "query_mode": None,
+         "improved": {k: evaluate._improved(k, before[k], after[k]) for k in before}}
+    assert r["improved"] == {"epe": True, "1px": False, "cycle_pass": None}
+    evaluate._report(str(tmp_path), r)
+    text = (tmp_path / "report.md").read_text()
+    assert "Worse after refinement: 1px." in text and "| 1px | higher | 0.1000 | 0.3000 | 0.2680 |" in text
+    assert "zero flow 1.3870" in text
+    assert "The model after refinement is no better than zero flow" in text
+    assert "The model before refinement is no better than zero flow** (1.4400 vs 1.3870)" in text
+    assert evaluate._json_safe({"a": float("nan"), "b": [np.float32(1.5)], "example": 1}) == {"a": None, "b": [1.5]}
+
+
+def test_study_cells_and_summary():
+    assert study.shift_spec("fog", 2.0) == "fog:2"
+    assert study.shift_spec("default", 2.0) == ",".join(f"{n}:{2 * s:g}" for n, s in synthetic.TARGET_SHIFTS)
+    cell = lambda b, a: {"primary": "epe", "lower_is_better": True, "before": {"epe": b}, "after": {"epe": a},
+                         "oracle": {"epe": a - 0.5}, "baseline": {"epe": 9.0}}
+    cells = {("fog", 1.0, 0): cell(2.0, 1.8), ("fog", 1.0, 1): cell(2.0, 2.2), ("default", 1.0, 0): cell(3.0, 2.7)}
+    rows = study.summarise(cells)
+    assert [r["shift"] for r in rows] == ["default", "fog"]
+    fog = rows[1]
+    assert fog["improved"] == 1 and fog["seeds"] == 2 and np.isclose(fog["change_pct_mean"], 0.0)
+    assert np.isclose(fog["after_std"], 0.2) and np.isclose(fog["oracle_mean"], 1.5)
+    assert "| fog | 1 | 9.0000 ± 0.0000 | 2.0000 ± 0.0000 | 2.0000 ± 0.2000 |" in study.table(rows)
