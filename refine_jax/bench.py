@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from refine_jax import cli
+
 # Official PyTorch seconds per call, 2 threads (spec part 5).
 REFERENCE = {
     ("raft", 12): 1.120, ("raft", 32): 2.192,
@@ -141,7 +143,8 @@ def bench_label(repeats: int) -> None:
           f"(compile {c:.1f} s); one forward {t_pf:.3f} s; ratio {t_pl / t_pf:.2f}x", flush=True)
 
 
-def main(argv=None) -> None:
+@cli.guarded
+def main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m refine_jax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("raft", "pips", "data", "label"))
@@ -150,7 +153,9 @@ def main(argv=None) -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
     {"raft": bench_raft, "pips": bench_pips, "data": bench_data, "label": bench_label}[args.what](
         args.repeats)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    sys.exit(main())

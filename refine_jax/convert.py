@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from refine_jax import models
+from refine_jax import cli, models
 
 # RAFT's cnet stores the strided shortcut's BatchNorm twice (the same module under two names).
 _ALIAS = ("downsample.1.", "norm3.")
@@ -253,7 +253,8 @@ def convert_file(src: str, arch: str | None = None):
     return cfg, variables, provenance
 
 
-def main(argv=None):
+@cli.guarded
+def main(argv) -> int:
     import argparse
 
     from refine_jax import checkpoints
@@ -269,14 +270,16 @@ def main(argv=None):
         loaded = checkpoints.load_model(args.src)
         export_pth(loaded.variables, loaded.cfg, args.out)
         print(f"wrote {args.out} ({loaded.cfg.arch})")
-        return
+        return 0
     if args.arch is None:
         p.error("--arch is required to convert")
     cfg, variables, provenance = convert_file(args.src, args.arch)
     checkpoints.save_model(args.out, cfg, variables, provenance)
     print(f"wrote {args.out}: {cfg.arch}, {count_params(variables):,} parameters, "
           f"source sha256 {provenance['source_sha256'][:16]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    sys.exit(main())

@@ -17,6 +17,9 @@ frames) and writes `tracks.npz` (`tracks` (N,T,2) pixels (x,y), `visible` (N,T) 
 (N,3) rows (t,x,y)), `tracks.json` (run metadata) and `tracks.mp4` (the tracks drawn on the video).
 --grid=N queries an NxN grid on frame 0 (8 px from the border, as the PIPs demo); --queries takes an
 .npy of rows (t, x, y). Videos shorter than 8 frames are padded by repeating the last frame.
+
+Inputs and --out may be local paths or URLs (gs://...). Errors print one line and exit 2
+(--debug shows the traceback).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from refine_jax import checkpoints, fs, viz
+from refine_jax import checkpoints, cli, fs, viz
 from refine_jax.data import flo, frames as frames_lib
 
 
@@ -67,11 +70,16 @@ def write_confidence(stem: str, variables, flow_fn, image1, image2, flow_up) -> 
     back, _ = flow_fn(variables, image2[None], image1[None])
     valid, cyc, _ = cycle.flow_cycle_check(flow_up, back, jnp.asarray(image1[None], jnp.float32),
                                            jnp.asarray(image2[None], jnp.float32))
-    tmp = f"{stem}_cycle.npy.tmp-{os.getpid()}.npy"
-    np.save(tmp, np.asarray(cyc[0], np.float32))
-    os.replace(tmp, f"{stem}_cycle.npy")
+    _save_npy(f"{stem}_cycle.npy", np.asarray(cyc[0], np.float32))
     mask = np.asarray(valid[0], np.uint8) * 255
     viz.save_png(f"{stem}_valid.png", np.repeat(mask[..., None], 3, -1))
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, array)
+    fs.write_bytes_atomic(path, buf.getvalue())
 
 
 def run_flow(args) -> int:
@@ -79,11 +87,11 @@ def run_flow(args) -> int:
 
     loaded = checkpoints.load_model(args.weights)
     if not isinstance(loaded.cfg, RAFTConfig):
-        raise SystemExit(f"{args.weights}: is a {loaded.arch} checkpoint; `infer flow` needs RAFT")
+        raise ValueError(f"{args.weights}: is a {loaded.arch} checkpoint; `infer flow` needs RAFT")
     video = frames_lib.read_frames(args.frames)
     pairs = frame_pairs(len(video), args.pairs)
     flow_fn = make_flow_fn(loaded.cfg, args.iters, args.pad_mode)
-    os.makedirs(args.out, exist_ok=True)
+    fs.makedirs(args.out)
     flow_init = None
     for i, (a, b) in enumerate(tqdm(pairs, desc="flow", unit="pair")):
         flow_up, flow_low = flow_fn(loaded.variables, video[a][None], video[b][None], flow_init)
@@ -111,8 +119,10 @@ def grid_queries(n: int, h: int, w: int, margin: float = 8.0) -> np.ndarray:
 
 
 def load_queries(path: str) -> np.ndarray:
+    import io
     try:
-        q = np.load(path, allow_pickle=False)
+        with fs.open_file(path, "rb") as f:
+            q = np.load(io.BytesIO(f.read()), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot be read as an .npy array of (t, x, y) rows ({e})") from None
     if q.ndim != 2 or q.shape[1] != 3:
@@ -137,7 +147,7 @@ def run_tracks(args) -> int:
 
     loaded = checkpoints.load_model(args.weights)
     if not isinstance(loaded.cfg, PipsConfig):
-        raise SystemExit(f"{args.weights}: is a {loaded.arch} checkpoint; `infer tracks` needs PIPs")
+        raise ValueError(f"{args.weights}: is a {loaded.arch} checkpoint; `infer tracks` needs PIPs")
     cfg = dataclasses.replace(loaded.cfg, stride=args.stride)
     video = frames_lib.read_frames(args.video)
     t_len, h, w = video.shape[:3]
@@ -147,18 +157,18 @@ def run_tracks(args) -> int:
     tracker = ChainedTracker(cfg, loaded.variables, iters=args.iters, max_points=args.max_points)
     with tqdm(total=t_len, desc="tracks", unit="frame") as bar:
         out = tracker(video, queries, progress=lambda c: bar.update(max(0, c + 1 - bar.n)))
-    os.makedirs(args.out, exist_ok=True)
-    npz = os.path.join(args.out, "tracks.npz")
-    tmp = npz + f".tmp-{os.getpid()}.npz"
-    np.savez(tmp, tracks=out["tracks"], visible=out["visible"], queries=queries)
-    os.replace(tmp, npz)
-    fps = frames_lib.video_fps(args.video) if os.path.isfile(args.video) else 10.0
+    fs.makedirs(args.out)
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, tracks=out["tracks"], visible=out["visible"], queries=queries)
+    fs.write_bytes_atomic(os.path.join(args.out, "tracks.npz"), buf.getvalue())
+    fps = frames_lib.video_fps(args.video) if not fs.isdir(args.video) else 10.0
     meta = {"frames": int(t_len), "height": int(h), "width": int(w), "points": int(len(queries)),
             "stride": cfg.stride, "iters": args.iters, "window": cfg.S,
             "short_video_padded": bool(t_len < cfg.S),
             "note": (f"the video has {t_len} < {cfg.S} frames; the window was padded by repeating "
                      f"the last frame, as the official code does") if t_len < cfg.S else "",
-            "weights": os.path.abspath(args.weights), "provenance": loaded.provenance,
+            "weights": fs.abspath(args.weights), "provenance": loaded.provenance,
             "frames_encoded": tracker.stats.encoded}
     fs.write_json_atomic(os.path.join(args.out, "tracks.json"), meta)
     frames_lib.write_video(os.path.join(args.out, "tracks.mp4"),
@@ -196,13 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+@cli.guarded
+def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (frames_lib.FrameError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """refine_jax main job: the stages named by the config, in order, in one work directory.
 
-  python -m refine_jax.main --config=configs/raft.py[:PRESET] --workdir=DIR [--config.x=...]
+  python -m refine_jax.main --config=configs/raft.py[:PRESET] [--workdir=DIR] [--config.x=...] [--debug]
+
+--workdir defaults to runs/<config name>[_<preset>] (runs/pips, runs/raft_sintel). A second run on
+a work directory that a live run holds refuses at once (refine_jax/lock.py).
 
 Several processes (hosts) run the same command; on a Cloud TPU slice nothing more is needed,
 elsewhere add --coordinator=HOST:PORT --num_processes=N --process_id=I (or the REFINE_JAX_*
@@ -15,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]",
                                           lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "work directory (created; resumed if it exists)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory (created; resumed if it exists); "
+                               "default runs/<config name>[_<preset>]")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "multi-process runs: host:port of process 0 "
                                    "(or REFINE_JAX_COORDINATOR; Cloud TPU slices find it themselves)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs: how many")
@@ -94,24 +98,38 @@ def run(config, workdir: str) -> dict:
     return summary
 
 
+def default_workdir(config_arg: str) -> str:
+    """runs/<config file stem>[_<preset>] for '--config=configs/pips.py[:preset]'."""
+    path, _, preset = config_arg.partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{stem}_{preset}" if preset else stem)
+
+
 def main(argv):
     del argv
-    from refine_jax import parallel
+    from refine_jax import lock, parallel
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress bars say enough
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().partition("=")[2])
+    if parallel.is_main_process():
+        print(f"workdir: {workdir}", flush=True)
+        with lock.WorkdirLock(workdir):
+            summary = run(_CONFIG.value, workdir)
+    else:
+        summary = run(_CONFIG.value, workdir)
     if not parallel.is_main_process():
         return
     ev = summary.get("eval")
     if ev:
         p = ev["primary"]
         after = ev["after"][p] if ev["after"] else float("nan")
-        print(f"{p}: before {ev['before'][p]:.4f} -> after {after:.4f} "
-              f"(report: {os.path.join(_WORKDIR.value, 'eval', 'report.md')})")
+        print(f"{p}: before {ev['before'][p]:.4f} -> after {after:.4f}, {ev['baseline_name']} "
+              f"{ev['baseline'][p]:.4f}" + (f", oracle {ev['oracle'][p]:.4f}" if ev.get("oracle") else "")
+              + f" (report: {os.path.join(workdir, 'eval', 'report.md')})")
     else:
         print(json.dumps({k: (v if isinstance(v, (int, float, str)) else "done") for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from refine_jax import cli
+    cli.absl_run(main, required=["config"])

@@ -14,12 +14,11 @@ and how many seeds improved, and writes WORKDIR/study.md, study.json and study.p
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Dict, List
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from refine_jax import fs
@@ -129,5 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    from refine_jax import cli
+    cli.absl_run(main, required=["config", "workdir"])

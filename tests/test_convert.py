@@ -111,7 +111,8 @@ def test_checkpoint_folder_cli_round_trip(recipe_pth, tmp_path):
     back = torch.load(str(tmp_path / "back.pth"), weights_only=True)
     assert all(torch.equal(original[k], back[k]) for k in original) and set(original) == set(back)
     with pytest.raises(FileExistsError, match="already exists"):
-        convert.main(["--arch=raft_small", f"--src={recipe_pth('raft_small')}", f"--out={out}"])
+        convert.main(["--arch=raft_small", f"--src={recipe_pth('raft_small')}", f"--out={out}", "--debug"])
+    assert convert.main(["--arch=raft_small", f"--src={recipe_pth('raft_small')}", f"--out={out}"]) == 2
     with pytest.raises(FileNotFoundError, match="not a refine_jax checkpoint"):
         checkpoints.load_model(str(tmp_path))
 

@@ -14,6 +14,12 @@
 
 Tracks are (N, T, 2) pixels (x, y), visible (N, T), query points (N, 3) rows (t, x, y) at each
 track's first visible frame.
+
+  python -m refine_jax.data.benchmarks sintel --root=MPI-Sintel --out=DIR [--passes=clean,final] [--scenes=a,b]
+  python -m refine_jax.data.benchmarks tapvid --root=tapvid_davis.pkl --out=DIR
+  python -m refine_jax.data.benchmarks crohd --root=CroHD --out=DIR [--clip_len=8] [--stride=3] [--videos=HT21-01]
+  python -m refine_jax.data.benchmarks horse10 --root=Horse10 --out=DIR [--json=FILE,...]
+      (default: every annotations/*.json under the root)
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
+from refine_jax import cli
 from refine_jax.data import flo, frames as frames_lib
 from refine_jax.data.shards import Clip, ShardWriter
 
@@ -171,9 +178,64 @@ def horse10_clips(root: str, json_files: Sequence[str]) -> Iterator[Clip]:
 READERS = {"sintel": sintel_clips, "tapvid": tapvid_clips, "crohd": crohd_clips, "horse10": horse10_clips}
 
 
-def write_benchmark(kind: str, out: str, *args, fmt: str = "png", **kwargs) -> dict:
+def write_benchmark(kind: str, out: str, *args, fmt: str = "png", progress: bool = False, **kwargs) -> dict:
     """Convert a benchmark into a shard folder; returns its manifest."""
+    from tqdm import tqdm
+    if kind not in READERS:
+        raise ValueError(f"unknown benchmark {kind!r}; expected one of {', '.join(READERS)}")
     with ShardWriter(out, kind, extra={"benchmark": kind}) as writer:
-        for clip in READERS[kind](*args, **kwargs):
+        for clip in tqdm(READERS[kind](*args, **kwargs), desc=kind, unit="clip", disable=not progress):
             writer.write_clip(clip, fmt, source_frames=len(clip.frames))
+        if not writer.frames_per_video:
+            raise ValueError(f"{args[0] if args else kind}: the {kind} reader found no clip to write")
     return writer.manifest
+
+
+def reader_args(kind: str, root: str, passes: str = "", scenes: str = "", clip_len: int = 8, stride: int = 3,
+                videos: str = "", json_files: str = ""):
+    """(args, kwargs) of READERS[kind] from command-line strings."""
+    split = lambda text: [v for v in text.split(",") if v] or None
+    if kind == "sintel":
+        return (root,), {"passes": tuple(split(passes) or ("clean", "final")), "scenes": split(scenes)}
+    if kind == "tapvid":
+        return (root,), {}
+    if kind == "crohd":
+        return (root,), {"clip_len": clip_len, "stride": stride, "videos": split(videos)}
+    if kind == "horse10":
+        files = split(json_files) or sorted(
+            os.path.join(root, "annotations", n) for n in (os.listdir(os.path.join(root, "annotations"))
+                                                            if os.path.isdir(os.path.join(root, "annotations")) else [])
+            if n.endswith(".json"))
+        if not files:
+            raise FileNotFoundError(f"{root}: no annotations/*.json; pass --json=FILE,...")
+        return (root, files), {}
+    raise ValueError(f"unknown benchmark {kind!r}; expected one of {', '.join(READERS)}")
+
+
+@cli.guarded
+def main(argv) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m refine_jax.data.benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=sorted(READERS))
+    p.add_argument("--root", required=True, help="dataset root (TAP-Vid: the .pkl file)")
+    p.add_argument("--out", required=True, help="shard folder to write")
+    p.add_argument("--passes", default="", help="Sintel passes (default clean,final)")
+    p.add_argument("--scenes", default="", help="Sintel scenes (default all)")
+    p.add_argument("--clip_len", type=int, default=8, help="CroHD frames per record")
+    p.add_argument("--stride", type=int, default=3, help="CroHD frame stride")
+    p.add_argument("--videos", default="", help="CroHD videos (default all)")
+    p.add_argument("--json", default="", help="Horse-10 annotation files")
+    p.add_argument("--format", default="png", choices=("png", "jpeg"))
+    a = p.parse_args(argv)
+    args, kwargs = reader_args(a.kind, a.root, a.passes, a.scenes, a.clip_len, a.stride, a.videos, a.json)
+    m = write_benchmark(a.kind, a.out, *args, fmt=a.format, progress=True, **kwargs)
+    size = sum(f["bytes"] for f in m["files"])
+    print(f"wrote {m['records']} records of {len(m['videos'])} videos ({m['frames']} frames) in "
+          f"{len(m['files'])} shards, {size / 1e6:.1f} MB, to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

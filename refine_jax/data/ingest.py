@@ -4,37 +4,43 @@
       [--size=H,W] [--format=jpeg|png] [--max_shard_mb=256]
 
 --videos is a glob, a video file, or a folder holding video files and/or sub-folders of frames (a
-folder whose images are the frames of one video). Every video becomes records of `clip_len`
+folder whose images are the frames of one video); local paths or URLs (gs://...), and so is --out. Every video becomes records of `clip_len`
 consecutive kept frames (every `stride`-th source frame; clip_len 0 = the whole video in one
 record). Frames are resized to --size (bilinear) when given. A file that cannot be decoded is
-skipped with a warning naming it; the count of skipped files is printed at the end.
+skipped with a warning naming it; the count of skipped files is printed at the end. Nothing to
+ingest (an empty folder, a glob that matches nothing) and every source skipped are errors, and
+then no manifest is written.
 """
 from __future__ import annotations
 
-import glob
 import os
 import sys
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from refine_jax import cli, fs
 from refine_jax.data import frames as frames_lib
 from refine_jax.data.shards import Clip, ShardWriter
 
 
 def find_sources(spec: str) -> List[str]:
-    """Video files and frame folders named by a glob, a file or a folder."""
-    if os.path.isfile(spec):
+    """Video files and frame folders named by a glob, a file or a folder (local or URL)."""
+    if fs.isfile(spec):
         return [spec]
-    if os.path.isdir(spec):
-        entries = sorted(os.path.join(spec, n) for n in os.listdir(spec))
-        vids = [e for e in entries if os.path.isfile(e) and e.lower().endswith(frames_lib.VIDEO_EXTS)]
-        dirs = [e for e in entries if os.path.isdir(e)]
+    if fs.isdir(spec):
+        entries = [os.path.join(spec, n) for n in fs.listdir(spec)]
+        vids = [e for e in entries if e.lower().endswith(frames_lib.VIDEO_EXTS) and fs.isfile(e)]
         imgs = [e for e in entries if e.lower().endswith(frames_lib.IMAGE_EXTS)]
+        dirs = [e for e in entries if not e.lower().endswith(frames_lib.VIDEO_EXTS + frames_lib.IMAGE_EXTS)
+                and fs.isdir(e)]
         if imgs and not vids and not dirs:
             return [spec]  # the folder itself is one video's frames
+        if not vids and not dirs:
+            raise FileNotFoundError(f"{spec}: holds no video files ({', '.join(frames_lib.VIDEO_EXTS)}), "
+                                    f"frame folders or images")
         return vids + dirs
-    hits = sorted(glob.glob(spec))
+    hits = fs.glob(spec)
     if not hits:
         raise FileNotFoundError(f"{spec}: matches no video file or frame folder")
     return hits
@@ -48,7 +54,7 @@ def _resize(im: np.ndarray, size: Optional[Tuple[int, int]]) -> np.ndarray:
 
 
 def iter_source_frames(src: str) -> Iterator[np.ndarray]:
-    if os.path.isdir(src):
+    if fs.isdir(src):
         size = None
         for f in frames_lib.list_images(src):
             im = frames_lib.read_image(f)
@@ -67,7 +73,7 @@ def video_id_of(src: str) -> str:
 
 def clips_of(src: str, clip_len: int, stride: int, size) -> Iterator[Clip]:
     """Clips of one source, each `clip_len` kept frames (every `stride`-th source frame)."""
-    fps = frames_lib.video_fps(src) if os.path.isfile(src) else 0.0
+    fps = frames_lib.video_fps(src) if not fs.isdir(src) else 0.0
     vid = video_id_of(src)
     buf, start = [], 0
     for i, im in enumerate(iter_source_frames(src)):
@@ -106,6 +112,9 @@ def ingest(spec: str, out: str, clip_len: int = 0, stride: int = 1, size=None, f
                 continue
             for clip in clips:
                 writer.write_clip(clip, fmt, source_frames=len(clip.frames) * stride)
+        if len(skipped) == len(sources):  # leaves only temporary files, no manifest
+            raise ValueError(f"{spec}: none of its {len(sources)} sources could be ingested "
+                             f"(first: {skipped[0]}; see the warnings above)")
         writer.extra["skipped"] = skipped
     print(f"ingested {len(sources) - len(skipped)} of {len(sources)} sources "
           f"({writer.manifest['records']} clips, {writer.manifest['frames']} frames); "
@@ -113,7 +122,8 @@ def ingest(spec: str, out: str, clip_len: int = 0, stride: int = 1, size=None, f
     return writer.manifest
 
 
-def main(argv=None) -> int:
+@cli.guarded
+def main(argv) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m refine_jax.ingest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,11 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--max_shard_mb", type=int, default=256)
     a = p.parse_args(argv)
     size = tuple(int(v) for v in a.size.split(",")) if a.size else None
-    try:
-        ingest(a.videos, a.out, a.clip_len, a.stride, size, a.format, a.max_shard_mb << 20)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ingest(a.videos, a.out, a.clip_len, a.stride, size, a.format, a.max_shard_mb << 20)
     return 0
 
 

@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from refine_jax import cli
 from refine_jax.data import shifts as shifts_lib
 from refine_jax.data.shards import Clip
 
@@ -455,7 +456,8 @@ def write_dataset(out_dir: str, preset, videos: int, frames: int = 24, size=(256
     return writer.manifest
 
 
-def main(argv=None):
+@cli.guarded
+def main(argv) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m refine_jax.data.synthetic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -475,7 +477,9 @@ def main(argv=None):
     m = write_dataset(a.out, cfg, a.videos, a.frames, (h, w), a.tracks, a.seed, a.format,
                       workers=a.workers, name=a.preset)
     print(f"wrote {m['records']} videos ({m['frames']} frames) to {a.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    sys.exit(main())

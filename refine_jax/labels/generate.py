@@ -22,15 +22,15 @@ import json
 import os
 import time
 import zlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from refine_jax import settings
-from refine_jax import checkpoints, fs, parallel
-from refine_jax.data import shards
+from refine_jax import checkpoints, cli, fs, parallel
+from refine_jax.data import shards, sources
 from refine_jax.labels import cycle
 from refine_jax.models.pips import Pips, PipsConfig
 from refine_jax.models.raft import RAFT, RAFTConfig, pad_images, unpad, check_image_size
@@ -325,12 +325,6 @@ def _summary(stats: dict) -> dict:
     return out
 
 
-def _video_dirs(videos) -> List[str]:
-    if isinstance(videos, str):
-        return [v for v in videos.split(",") if v]
-    return list(videos)
-
-
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
     """Label every input shard into WORKDIR/<label.out>; returns the manifest."""
     from tqdm import tqdm
@@ -341,16 +335,16 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     labeler = (FlowLabeler if isinstance(loaded.cfg, RAFTConfig) else TrackLabeler)(
         loaded.cfg, loaded.variables, lc, mesh)
     inputs = []
-    for d in _video_dirs(config.data.videos):
-        inputs.extend(shards.verify_shards(d, checksum=True))
+    for d in sources.split_sources(config.data.videos):
+        inputs.extend(sources.units(d))
     out_dir = os.path.join(workdir, lc.out)
     fs.makedirs(out_dir)
     start, done_records = time.time(), 0
     mine = parallel.process_share(inputs)
     bar = tqdm(mine, desc=f"label ({loaded.arch})", unit="shard",
                disable=not (progress and parallel.is_main_process()))
-    for path in bar:
-        final, stats_path = _outputs(out_dir, path)
+    for unit in bar:
+        final, stats_path = _outputs(out_dir, unit)
         if fs.exists(stats_path) and fs.exists(final):
             continue
         tmp = f"{final}.tmp"
@@ -358,7 +352,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         records = 0
         tf = shards._tf()
         with tf.io.TFRecordWriter(tmp) as writer:
-            for clip in shards.read_file(path):
+            for clip in unit.clips():
                 for label in labeler.label_clip(clip, stats):
                     writer.write(shards.clip_to_example(label, "png"))
                     records += 1
@@ -366,7 +360,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
                 bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
         fs.replace(tmp, final)
         entry = {"file": os.path.basename(final), "records": records, "bytes": fs.size(final),
-                 "sha256": shards.sha256_file(final), "source": os.path.basename(path), "stats": stats}
+                 "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats}
         fs.write_json_atomic(stats_path, entry)
     parallel.barrier("label: shards written")
     manifest = _manifest(inputs, out_dir, lc, init, loaded)
@@ -376,17 +370,17 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     return manifest
 
 
-def _outputs(out_dir: str, path: str) -> Tuple[str, str]:
-    """The label shard of input shard `path` and its stats file (which marks it finished)."""
-    stem = os.path.basename(path).removesuffix(".tfrecord")
-    return (os.path.join(out_dir, f"{stem}.labels.tfrecord"), os.path.join(out_dir, f".{stem}.stats.json"))
+def _outputs(out_dir: str, unit: "sources.Unit") -> Tuple[str, str]:
+    """The label shard of an input unit (a shard file, a TFDS sub-split) and its stats file
+    (which marks it finished)."""
+    return (os.path.join(out_dir, f"{unit.name}.labels.tfrecord"), os.path.join(out_dir, f".{unit.name}.stats.json"))
 
 
 def _manifest(inputs, out_dir, lc, init, loaded) -> dict:
     """The label manifest over every input shard's stats file, in input order."""
     per_shard = []
-    for path in inputs:
-        per_shard.append(fs.read_json(_outputs(out_dir, path)[1]))
+    for unit in inputs:
+        per_shard.append(fs.read_json(_outputs(out_dir, unit)[1]))
     total: dict = {}
     for e in per_shard:
         _merge(total, e["stats"])
@@ -399,7 +393,8 @@ def _manifest(inputs, out_dir, lc, init, loaded) -> dict:
     return manifest
 
 
-def main(argv=None) -> int:
+@cli.guarded
+def main(argv) -> int:
     """`python -m refine_jax.labels.generate --init=CKPT --videos=DIR[,DIR] --workdir=DIR
     [--label='{"tau": 1.5, ...}']`: the label stage alone."""
     import argparse

@@ -25,7 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from refine_jax import settings
-from refine_jax import checkpoints, fs, parallel
+from refine_jax import checkpoints, cli, fs, parallel
 from refine_jax.data import pipeline
 from refine_jax.models import build_model
 from refine_jax.models.raft import RAFTConfig
@@ -278,7 +278,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
 
 
-def main(argv=None) -> int:
+@cli.guarded
+def main(argv) -> int:
     """`python -m refine_jax.train.trainer --config_json=FILE --workdir=DIR`: the train stage alone
     (the config as JSON); exits 0 after a SIGTERM-triggered save."""
     import argparse
