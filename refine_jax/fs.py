@@ -72,6 +72,12 @@ def listdir(path) -> List[str]:
     return sorted(n.rstrip("/") for n in _gfile().listdir(path)) if is_remote(path) else sorted(os.listdir(path))
 
 
+def glob(pattern) -> List[str]:
+    """Sorted matches of a glob pattern (local, or a URL through tf.io.gfile)."""
+    import glob as glob_lib
+    return sorted(_gfile().glob(pattern)) if is_remote(pattern) else sorted(glob_lib.glob(pattern))
+
+
 def walk(path) -> Iterator[Tuple[str, List[str], List[str]]]:
     return _gfile().walk(path) if is_remote(path) else os.walk(path)
 

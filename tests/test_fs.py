@@ -79,3 +79,36 @@ def test_checkpoint_fingerprint_and_pth_on_a_url(url, tmp_path):
     state = convert.load_torch_state_dict(f"{url}/pth/m.pth")
     np.testing.assert_array_equal(state["model.w"], np.arange(6.0).reshape(2, 3))
     assert checkpoints.fingerprint(f"{url}/pth/m.pth") == checkpoints.fingerprint(str(tmp_path / "m.pth"))
+
+
+def test_ingest_and_infer_read_and_write_urls(url, tmp_path, recipe_pth):
+    """ingest takes a video and a frame folder on a URL and writes shards there; infer reads frames
+    and writes its outputs on a URL; both give what they give on local paths."""
+    from refine_jax import infer
+    from refine_jax.data import frames as frames_lib, ingest
+    rng = np.random.default_rng(0)
+    video = (rng.uniform(0, 255, (1, 1, 3)) + np.zeros((6, 32, 48, 3))).astype(np.uint8)
+    from PIL import Image
+    (tmp_path / "src" / "b").mkdir(parents=True)
+    frames_lib.write_video(str(tmp_path / "src" / "a.mp4"), video, 6)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "src" / "b" / f"{i}.png")
+    _copy_tree(str(tmp_path / "src"), f"{url}/src")
+    assert ingest.main([f"--videos={url}/src", f"--out={url}/shards", "--clip_len=2", "--format=png"]) == 0
+    assert ingest.main([f"--videos={tmp_path / 'src'}", f"--out={tmp_path / 'shards'}", "--clip_len=2",
+                        "--format=png"]) == 0
+    remote, local = list(shards.read_clips(f"{url}/shards")), list(shards.read_clips(str(tmp_path / "shards")))
+    assert len(remote) == len(local) == 3 + 2
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(remote, local))
+    big = (rng.uniform(0, 255, (3, 128, 136, 3))).astype(np.uint8)
+    (tmp_path / "f").mkdir()
+    for i, im in enumerate(big):
+        Image.fromarray(im).save(tmp_path / "f" / f"{i}.png")
+    _copy_tree(str(tmp_path / "f"), f"{url}/f")
+    args = ["flow", f"--weights={recipe_pth('raft_small')}", "--iters=1"]
+    assert infer.main(args + [f"--frames={url}/f", f"--out={url}/out"]) == 0
+    assert infer.main(args + [f"--frames={tmp_path / 'f'}", f"--out={tmp_path / 'out'}"]) == 0
+    from refine_jax.data import flo
+    assert fs.listdir(f"{url}/out") == sorted(os.listdir(tmp_path / "out"))
+    np.testing.assert_array_equal(flo.read_flo(f"{url}/out/flow_00001.flo"),
+                                  flo.read_flo(str(tmp_path / "out" / "flow_00001.flo")))

@@ -1,4 +1,5 @@
 """Reading user frames: a video file (PyAV) or a folder of images (Pillow), as uint8 (T, H, W, 3) RGB.
+Paths may be local or URLs (gs://...; read through refine_jax.fs).
 
 Every failure is one sentence naming the file and what was expected.
 """
@@ -8,6 +9,8 @@ import os
 from typing import Iterator, List
 
 import numpy as np
+
+from refine_jax import fs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -19,7 +22,7 @@ class FrameError(ValueError):
 
 def list_images(folder: str) -> List[str]:
     """Sorted image files of a folder."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
+    names = sorted(n for n in fs.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
     if not names:
         raise FrameError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)}) in this folder")
     return [os.path.join(folder, n) for n in names]
@@ -29,7 +32,7 @@ def read_image(path: str) -> np.ndarray:
     """One image file -> uint8 (H, W, 3) RGB."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as im:
+        with fs.open_file(path, "rb") as f, Image.open(f) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise FrameError(f"{path}: image file not found") from None
@@ -37,11 +40,17 @@ def read_image(path: str) -> np.ndarray:
         raise FrameError(f"{path}: cannot be decoded as an image ({e})") from None
 
 
+def _open_video(path: str):
+    """A PyAV container of a local file, or of a URL through a seekable file object."""
+    import av
+    return av.open(fs.open_file(path, "rb") if fs.is_remote(path) else path)
+
+
 def iter_video(path: str) -> Iterator[np.ndarray]:
     """Decode a video with PyAV, yielding uint8 (H, W, 3) RGB frames."""
     import av
     try:
-        container = av.open(path)
+        container = _open_video(path)
     except (av.error.FFmpegError, OSError) as e:
         raise FrameError(f"{path}: cannot be opened as a video ({e})") from None
     with container:
@@ -60,7 +69,7 @@ def video_fps(path: str) -> float:
     """Average frame rate of a video file (0.0 if unknown)."""
     import av
     try:
-        with av.open(path) as c:
+        with _open_video(path) as c:
             if not c.streams.video:
                 raise FrameError(f"{path}: has no video stream")
             rate = c.streams.video[0].average_rate
@@ -71,9 +80,9 @@ def video_fps(path: str) -> float:
 
 def read_frames(path: str, max_frames: int | None = None) -> np.ndarray:
     """A video file or a folder of images -> uint8 (T, H, W, 3); all frames must share one size."""
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise FrameError(f"{path}: no such video file or frame folder")
-    if os.path.isdir(path):
+    if fs.isdir(path):
         files = list_images(path)[:max_frames]
         frames, size = [], None
         for f in files:
@@ -96,13 +105,15 @@ def read_frames(path: str, max_frames: int | None = None) -> np.ndarray:
 
 
 def write_video(path: str, frames, fps: float = 10.0) -> None:
-    """Encode uint8 (T, H, W, 3) RGB frames as H.264 mp4 with PyAV, atomically (temp name, rename).
-    Odd sizes are padded by one pixel (yuv420p needs even sides)."""
+    """Encode uint8 (T, H, W, 3) RGB frames as H.264 mp4 with PyAV, atomically (temp name, rename;
+    a URL gets the finished file). Odd sizes are padded by one pixel (yuv420p needs even sides)."""
     import av
+    import tempfile
     frames = np.asarray(frames, np.uint8)
     h, w = frames.shape[1:3]
     ph, pw = h % 2, w % 2
-    tmp = f"{path}.tmp-{os.getpid()}.mp4"
+    local_dir = tempfile.mkdtemp() if fs.is_remote(path) else os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(local_dir, f".{os.path.basename(path)}.tmp-{os.getpid()}.mp4")
     with av.open(tmp, "w") as c:
         stream = c.add_stream("libx264", rate=max(1, int(round(fps))))
         stream.height, stream.width = h + ph, w + pw
@@ -114,4 +125,10 @@ def write_video(path: str, frames, fps: float = 10.0) -> None:
                 c.mux(pkt)
         for pkt in stream.encode():
             c.mux(pkt)
-    os.replace(tmp, path)
+    if fs.is_remote(path):
+        with open(tmp, "rb") as f:
+            fs.write_bytes_atomic(path, f.read())
+        os.remove(tmp)
+        os.rmdir(local_dir)
+    else:
+        os.replace(tmp, path)
