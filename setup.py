@@ -19,6 +19,8 @@ setup(
         "absl-py>=2.0",
         "etils[epath]>=1.7",
         "tensorflow-cpu>=2.16",
+        "tensorflow-datasets>=4.9",
+        "importlib_resources>=6",      # tensorflow-datasets imports it without depending on it
         "tensorboard>=2.16",
         "av>=12",
         "pillow>=10",

@@ -34,7 +34,7 @@ import numpy as np
 
 from refine_jax import checkpoints, fs, metrics, parallel, viz
 from refine_jax import settings
-from refine_jax.data import shards
+from refine_jax.data import shards, sources
 
 SPEED_BINS = (1.0, 4.0, 16.0)  # px (flow) or px/frame (tracks): [0,1), [1,4), [4,16), [16,inf)
 
@@ -73,10 +73,9 @@ def lower_is_better(metric: str) -> bool:
 
 
 def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
-    dirs = [d for d in (ec.data or config.data.videos).split(",") if d]
     out = []
-    for d in dirs:
-        for c in shards.read_clips(d):
+    for d in sources.split_sources(ec.data or config.data.videos):
+        for c in sources.read_clips(d):
             out.append(c)
             if ec.max_clips and len(out) >= ec.max_clips:
                 return out

@@ -35,7 +35,7 @@ from refine_jax.data import shards
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    shard_dirs: Tuple[str, ...]
+    shard_dirs: Tuple[str, ...]       # shard folders and/or tfds:NAME[/CONFIG]:SPLIT (data/sources.py)
     clip_len: int = 8
     frame_stride: int = 1
     hop: int = 0                     # window start step in source frames; 0 = clip_len * frame_stride
@@ -150,14 +150,23 @@ class ClipIterator:
     def __init__(self, cfg: PipelineConfig, state: Optional[Dict[str, int]] = None,
                  process_index: Optional[int] = None, process_count: Optional[int] = None):
         import jax
+        from refine_jax.data import sources
         self.cfg = cfg
-        files = []
-        for d in cfg.shard_dirs:
-            files.extend(shards.verify_shards(d, cfg.checksum))
+        files, self.tfds = [], []
+        for d in sources.split_sources(cfg.shard_dirs):
+            if sources.is_tfds(d):
+                sources.builder(sources.TfdsSpec.parse(d))  # fail now if it is not built
+                self.tfds.append(d)
+            else:
+                files.extend(shards.verify_shards(d, cfg.checksum))
+        if not files and not self.tfds:
+            raise ValueError(f"no shard folder or TFDS split to read (got {cfg.shard_dirs!r})")
         pi = jax.process_index() if process_index is None else process_index
         pc = jax.process_count() if process_count is None else process_count
+        self.host = (pi, pc) if cfg.split == "files" else (0, 1)  # TFDS splits: this host's share
         if cfg.split == "files":
-            self.files, self.rows = host_files(sorted(files), pi, pc), (0, cfg.batch_size)
+            self.files = host_files(sorted(files), pi, pc) if files else []
+            self.rows = (0, cfg.batch_size)
         elif cfg.split == "rows":
             if cfg.batch_size % pc:
                 raise ValueError(f"the global batch of {cfg.batch_size} cannot be split over {pc} hosts")
@@ -176,15 +185,23 @@ class ClipIterator:
     def _epoch(self, epoch):
         """The encoded windows of one epoch (epoch: an int64 scalar tensor), in that epoch's order,
         each tagged with its epoch and its index in that order."""
+        from refine_jax.data import sources
         tf = shards._tf()
         cfg = self.cfg
-        files = tf.constant(self.files)
-        if cfg.shuffle:
-            files = tf.random.experimental.stateless_shuffle(files, seed=tf.stack([tf.constant(cfg.seed, tf.int64), epoch]))
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.files)),
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(shards.parse_example_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parts = []
+        if self.files:
+            files = tf.constant(self.files)
+            if cfg.shuffle:
+                files = tf.random.experimental.stateless_shuffle(
+                    files, seed=tf.stack([tf.constant(cfg.seed, tf.int64), epoch]))
+            ds = tf.data.Dataset.from_tensor_slices(files)
+            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.files)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            parts.append(ds.map(shards.parse_example_tf, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+        parts += [sources.tfds_records(t, *self.host) for t in self.tfds]
+        ds = parts[0]
+        for part in parts[1:]:
+            ds = ds.concatenate(part)
         ds = ds.flat_map(_windows(cfg))
         if cfg.shuffle:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
@@ -198,7 +215,7 @@ class ClipIterator:
             raise shards.ShardError(f"a shard of this host ({', '.join(self.files)}) is corrupt: "
                                     f"{e.message.splitlines()[0]}") from None
         if empty:
-            raise ValueError(f"{', '.join(self.files)}: no window of {self.cfg.clip_len} frames "
+            raise ValueError(f"{', '.join(self.files + self.tfds)}: no window of {self.cfg.clip_len} frames "
                              f"(every {self.cfg.frame_stride} frames) in any record; the clips are too short")
 
     def _dataset(self):

@@ -1,0 +1,78 @@
+"""Tiny benchmark datasets in their real on-disk formats, for the reader and TFDS tests."""
+import json
+import os
+import pickle
+
+import numpy as np
+from PIL import Image
+
+from refine_jax.data import flo
+
+
+def image(path, rng, h=12, w=16):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    im = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(im).save(path)
+    return im
+
+
+def sintel(root, frames, flows, scene="alley_1", pas="clean", occluded_rows=0):
+    """training/<pas>/<scene>/frame_%04d.png (1-indexed), training/flow/<scene>/frame_%04d.flo and,
+    with occluded_rows, an occlusion mask of the first pair whose top rows are occluded."""
+    for i, f in enumerate(frames):
+        p = os.path.join(root, "training", pas, scene)
+        os.makedirs(p, exist_ok=True)
+        Image.fromarray(f).save(os.path.join(p, f"frame_{i + 1:04d}.png"))
+    os.makedirs(os.path.join(root, "training", "flow", scene), exist_ok=True)
+    for i, f in enumerate(flows):
+        flo.write_flo(os.path.join(root, "training", "flow", scene, f"frame_{i + 1:04d}.flo"), f)
+    if occluded_rows:
+        occ = np.zeros(flows[0].shape[:2], np.uint8)
+        occ[:occluded_rows] = 255
+        os.makedirs(os.path.join(root, "training", "occlusions", scene), exist_ok=True)
+        Image.fromarray(occ).save(os.path.join(root, "training", "occlusions", scene, "frame_0001.png"))
+
+
+def tapvid(path, rng, name="bear", t=5, h=10, w=20, n=3):
+    """A TAP-Vid pickle {name: {video, points (normalised), occluded}}; returns that dict."""
+    d = {"video": rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+         "points": rng.uniform(0, 1, (n, t, 2)).astype(np.float32), "occluded": np.zeros((n, t), bool)}
+    d["occluded"][1, :2] = True
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({name: d}, f)
+    return d
+
+
+def crohd(root, rng, frames=9):
+    """HT21-01 with two heads: head 1 in every frame moving right, head 2 in frames 1..5, hidden at 3."""
+    for i in range(1, frames + 1):
+        image(os.path.join(root, "HT21/train/HT21-01/img1", f"{i:06d}.jpg"), rng)
+    rows = []
+    for fr in range(1, frames + 1):
+        rows.append(f"{fr},1,{fr},2,4,6,1,1,1")
+        if fr <= 5:
+            rows.append(f"{fr},2,10,5,2,2,1,1,{int(fr != 3)}")
+    gt = os.path.join(root, "HT21Labels/train/HT21-01/gt")
+    os.makedirs(gt, exist_ok=True)
+    with open(os.path.join(gt, "gt.txt"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def horse10(root, rng, json_path=None):
+    """Two horses (Brownhorse with two frames listed out of order, Greyhorse with one), 22 keypoints,
+    keypoint 5 invisible; the COCO json at `json_path` (default root/annotations/horse10-train-split1.json)."""
+    images, anns = [], []
+    for i, name in enumerate(["labeled-data/Brownhorse/0002.png", "labeled-data/Brownhorse/0001.png",
+                              "labeled-data/Greyhorse/0001.png"]):
+        image(os.path.join(root, name), rng)
+        images.append({"id": i, "file_name": name})
+        kp = np.zeros((22, 3))
+        kp[:, 0], kp[:, 1], kp[:, 2] = i + 1, 2 * i, 2
+        kp[5, 2] = 0
+        anns.append({"image_id": i, "keypoints": kp.ravel().tolist()})
+    json_path = json_path or os.path.join(root, "annotations", "horse10-train-split1.json")
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump({"images": images, "annotations": anns}, f)
+    return json_path
