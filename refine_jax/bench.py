@@ -1,16 +1,20 @@
-"""Speed measurements, printed as ratios against the official PyTorch numbers on this workplace's
-2-vCPU CPU (spec/architectures.md part 5: torch 2.13 CPU, 2 threads, median of 3 after a warm-up).
+"""Speed measurements on this machine; with --official, the official PyTorch code side by side.
 
-  python -m refine_jax.bench raft [--repeats=3]
-  python -m refine_jax.bench pips [--repeats=3]
+  python -m refine_jax.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
+  python -m refine_jax.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
   python -m refine_jax.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
   python -m refine_jax.bench label  (labelled pairs/s and clips/s against one forward pass)
 
+Without --official only our absolute times are printed (a ratio against a time measured on
+another machine means nothing). With it, the official implementation from the user's checkout
+(refine_jax/official.py) runs in the same process, on the same inputs and weights, with as many
+threads as XLA uses, and the ratio ours/official and the largest output difference are printed.
 Compile time is reported separately from the steady-state time per call.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -19,12 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from refine_jax import cli
-
-# Official PyTorch seconds per call, 2 threads (spec part 5).
-REFERENCE = {
-    ("raft", 12): 1.120, ("raft", 32): 2.192,
-    ("pips", 8): 6.047, ("pips", 4): 10.690,
-}
 
 
 def time_call(fn, *args, repeats: int = 3):
@@ -47,40 +45,71 @@ def time_call(fn, *args, repeats: int = 3):
     return compile_s, statistics.median(times), times
 
 
-def _report(name, key, compile_s, median, times):
-    ref = REFERENCE[key]
-    print(f"{name:<34} compile {compile_s:6.1f} s | {median:6.3f} s/call "
-          f"({', '.join(f'{t:.3f}' for t in times)}) | official PyTorch {ref:.3f} s | "
-          f"ratio ours/official {median / ref:.2f}", flush=True)
+def _report(name, compile_s, median, times, official=None, diff=None):
+    line = (f"{name:<34} compile {compile_s:6.1f} s | ours {median:6.3f} s/call "
+            f"({', '.join(f'{t:.3f}' for t in times)})")
+    if official is not None:
+        line += (f" | official PyTorch {official:.3f} s/call | ratio ours/official {median / official:.2f}"
+                 f" | max output difference {diff:.2e} px")
+    print(line, flush=True)
 
 
-def bench_raft(repeats: int) -> None:
+def time_torch(fn, *args, repeats: int = 3):
+    """Median seconds per call of a PyTorch function after one warm-up, and its output."""
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)  # what XLA:CPU uses
+    out = fn(*args)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def bench_raft(repeats: int, official: str = "") -> None:
+    from refine_jax import official as official_lib
     from refine_jax.models.raft import RAFT, RAFTConfig
 
-    model = RAFT(RAFTConfig())
+    cfg = RAFTConfig()
+    model = RAFT(cfg)
     rng = np.random.default_rng(0)
-    im1 = jnp.asarray(rng.uniform(0, 255, (1, 368, 496, 3)), jnp.float32)
-    im2 = jnp.asarray(rng.uniform(0, 255, (1, 368, 496, 3)), jnp.float32)
+    im1 = rng.uniform(0, 255, (1, 368, 496, 3)).astype(np.float32)
+    im2 = rng.uniform(0, 255, (1, 368, 496, 3)).astype(np.float32)
     variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), im1, im2, iters=1))()
     for iters in (12, 32):
         fn = jax.jit(lambda v, a, b, iters=iters: model.apply(v, a, b, iters=iters)["flow_up"])
-        _report(f"RAFT large 368x496, {iters} iters", ("raft", iters),
-                *time_call(fn, variables, im1, im2, repeats=repeats))
+        timing = time_call(fn, variables, jnp.asarray(im1), jnp.asarray(im2), repeats=repeats)
+        ref = diff = None
+        if official:
+            ref, out = time_torch(official_lib.raft(official, cfg, jax.device_get(variables), iters), im1, im2,
+                                  repeats=repeats)
+            diff = float(np.abs(np.asarray(fn(variables, im1, im2)) - out).max())
+        _report(f"RAFT large 368x496, {iters} iters", *timing, ref, diff)
 
 
-def bench_pips(repeats: int) -> None:
+def bench_pips(repeats: int, official: str = "") -> None:
+    from refine_jax import official as official_lib
     from refine_jax.models.pips import Pips, PipsConfig
 
     rng = np.random.default_rng(0)
-    frames = jnp.asarray(rng.uniform(0, 255, (1, 8, 368, 496, 3)), jnp.float32)
-    xys = jnp.asarray(np.stack([rng.uniform(0, 495, 256), rng.uniform(0, 367, 256)], -1)[None],
-                      jnp.float32)
+    frames = rng.uniform(0, 255, (1, 8, 368, 496, 3)).astype(np.float32)
+    xys = np.stack([rng.uniform(0, 495, 256), rng.uniform(0, 367, 256)], -1)[None].astype(np.float32)
     for stride in (8, 4):
-        model = Pips(PipsConfig(stride=stride))
+        cfg = PipsConfig(stride=stride)
+        model = Pips(cfg)
         variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), xys, frames, iters=1))()
         fn = jax.jit(lambda v, x, f: model.apply(v, x, f, iters=6)["coords"])
-        _report(f"PIPs 8x368x496, N=256, 6 iters, s{stride}", ("pips", stride),
-                *time_call(fn, variables, xys, frames, repeats=repeats))
+        timing = time_call(fn, variables, jnp.asarray(xys), jnp.asarray(frames), repeats=repeats)
+        ref = diff = None
+        if official:
+            host = jax.device_get(variables)
+            ref, _ = time_torch(official_lib.pips(official, cfg, host, 6), xys, frames, repeats=repeats)
+            # random weights make later iterations chaotic (a 1e-5 difference grows to pixels), so the
+            # outputs are compared after the first iteration
+            first = official_lib.pips(official, cfg, host, 1)(xys, frames)
+            diff = float(np.abs(np.asarray(model.apply(variables, xys, frames, iters=1)["coords"]) - first).max())
+        _report(f"PIPs 8x368x496, N=256, 6 iters, s{stride}", *timing, ref, diff)
 
 
 def bench_data(repeats: int) -> None:
@@ -149,10 +178,15 @@ def main(argv) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("raft", "pips", "data", "label"))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--official", default="", help="raft, pips: a checkout of the official code to time beside ours")
     args = p.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
-    {"raft": bench_raft, "pips": bench_pips, "data": bench_data, "label": bench_label}[args.what](
-        args.repeats)
+    if args.what in ("raft", "pips"):
+        {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official)
+    elif args.official:
+        raise ValueError(f"--official: only 'raft' and 'pips' time the official code, not {args.what!r}")
+    else:
+        {"data": bench_data, "label": bench_label}[args.what](args.repeats)
     return 0
 
 

@@ -1,0 +1,115 @@
+"""The official PyTorch RAFT and PIPs, imported from a user's checkout, for side-by-side timing.
+
+Nothing of the official code is part of this project: the user passes the folder of their own
+clone (github.com/princeton-vl/RAFT, github.com/aharley/pips). Each is imported in isolation (both
+have top-level modules named `utils`), runs on the CPU in eval mode with `torch.no_grad()` and the
+weights of our model (through the strict converter's export), so both sides compute the same
+function on the same inputs. The checkout is not edited: the PIPs code asks for CUDA in two
+places (the `device='cuda'` defaults of utils.basic.meshgrid2d / gridcloud2d, and
+`torch.tensor(0.0).cuda()` at the top of Pips.forward); while it runs, those defaults are the CPU
+and `Tensor.cuda` returns the tensor itself.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+
+# top-level module names of the two checkouts that would collide with each other or with ours
+_MODULES = ("raft", "update", "extractor", "corr", "utils", "nets", "saverloader")
+
+
+@contextlib.contextmanager
+def _isolated_path(folder: str) -> Iterator[None]:
+    """`folder` first on sys.path, and the modules it brings forgotten afterwards."""
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in _MODULES}
+    for k in saved:
+        del sys.modules[k]
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+        for k in [k for k in sys.modules if k.split(".")[0] in _MODULES]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def _check_checkout(path: str, rel: str, repo: str) -> str:
+    if not os.path.isfile(os.path.join(path, rel)):
+        raise FileNotFoundError(f"{path}: not a checkout of {repo} (no {rel})")
+    return os.path.abspath(path)
+
+
+def _state_dict(variables, cfg):
+    """Our variables as the bare module's state_dict (the checkpoint layout's 'module.' prefix of
+    DataParallel removed)."""
+    import torch
+    from refine_jax import convert
+    return {k.removeprefix("module."): torch.from_numpy(np.array(v))
+            for k, v in convert.variables_to_state_dict(variables, cfg).items()}
+
+
+def raft(path: str, cfg, variables, iters: int):
+    """A function (image1, image2) -> flow (B, H, W, 2) numpy of the official RAFT on `variables`;
+    images (B, H, W, 3) numpy in [0, 255], sides multiples of 8."""
+    import torch
+    root = _check_checkout(path, "core/raft.py", "princeton-vl/RAFT")
+    with _isolated_path(os.path.join(root, "core")):
+        module = importlib.import_module("raft")
+        args = argparse.Namespace(small=cfg.small, mixed_precision=False, alternate_corr=False, dropout=0.0)
+        model = module.RAFT(args)
+    model.load_state_dict(_state_dict(variables, cfg))
+    model.eval()
+
+    def run(image1, image2):
+        with torch.no_grad():
+            a = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image1, -1, 1), np.float32))
+            b = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image2, -1, 1), np.float32))
+            _, flow = model(a, b, iters=iters, test_mode=True)
+        return flow.permute(0, 2, 3, 1).numpy()
+    return run
+
+
+@contextlib.contextmanager
+def _on_cpu(basic) -> Iterator[None]:
+    """The PIPs checkout's CUDA defaults pointed at the CPU for the duration."""
+    import torch
+    saved = {n: getattr(basic, n) for n in ("meshgrid2d", "gridcloud2d")}
+    cuda = torch.Tensor.cuda
+    for n, f in saved.items():
+        setattr(basic, n, functools.partial(f, device="cpu"))
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(basic, n, f)
+        torch.Tensor.cuda = cuda
+
+
+def pips(path: str, cfg, variables, iters: int):
+    """A function (xys (B, N, 2), frames (B, S, H, W, 3) in [0, 255]) -> coords (B, S, N, 2) numpy
+    of the official PIPs on `variables`, on the CPU."""
+    import torch
+    root = _check_checkout(path, "nets/pips.py", "aharley/pips")
+    with _isolated_path(root):
+        module = importlib.import_module("nets.pips")
+        basic = importlib.import_module("utils.basic")
+        model = module.Pips(S=cfg.S, stride=cfg.stride)
+    model.load_state_dict(_state_dict(variables, cfg))
+    model.eval()
+
+    def run(xys, frames):
+        with torch.no_grad(), _on_cpu(basic):
+            x = torch.from_numpy(np.asarray(xys, np.float32))
+            f = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 2)))
+            out = model(x, f, iters=iters)
+        return out[0][-1].numpy()
+    return run
