@@ -13,6 +13,20 @@ import sys
 from typing import Callable, Optional, Sequence
 
 DEBUG_ENV = "REFINE_JAX_DEBUG"
+CACHE_ENV = "REFINE_JAX_CACHE"
+
+
+def enable_compilation_cache() -> str:
+    """JAX's persistent compilation cache in $REFINE_JAX_CACHE (default ~/.cache/refine_jax/jax;
+    'off' disables it): a second run, or the oracle after the train stage, loads the compiled
+    steps instead of compiling them again. Returns the folder ('' when off)."""
+    import jax
+    path = os.environ.get(CACHE_ENV, os.path.join(os.path.expanduser("~"), ".cache", "refine_jax", "jax"))
+    if path == "off":
+        return ""
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
 
 
 def _expected() -> tuple:

@@ -107,8 +107,9 @@ def default_workdir(config_arg: str) -> str:
 
 def main(argv):
     del argv
-    from refine_jax import lock, parallel
+    from refine_jax import cli, lock, parallel
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress bars say enough
+    cli.enable_compilation_cache()
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().partition("=")[2])
     if parallel.is_main_process():

@@ -110,7 +110,9 @@ def plot(rows: List[dict], path: str) -> None:
 
 def main(argv):
     del argv
+    from refine_jax import cli
     logging.set_verbosity(logging.WARNING)
+    cli.enable_compilation_cache()
     config, root = _CONFIG.value, _WORKDIR.value
     cells = {}
     for shift in _SHIFTS.value:

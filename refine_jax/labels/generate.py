@@ -18,6 +18,7 @@ so an interrupted run redoes only unfinished shards and never leaves a finished-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -86,26 +87,34 @@ def _merge(into: dict, other: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ flow
 
+@functools.lru_cache(maxsize=8)
+def _flow_label_fn(cfg: RAFTConfig, iters: int, check: cycle.FlowCheck, mesh):
+    """The jitted forward + backward + check, shared by every labeler of the same settings (the
+    variables are an argument, so evaluating several models compiles it once)."""
+    model = RAFT(cfg)
+
+    def fn(variables, im1, im2):
+        p1, lrtb = pad_images(im1.astype(jnp.float32))
+        p2, _ = pad_images(im2.astype(jnp.float32))
+        out = model.apply(variables, jnp.concatenate([p1, p2]), jnp.concatenate([p2, p1]), iters=iters)
+        flows = unpad(out["flow_up"], lrtb)
+        fw, bw = jnp.split(flows, 2)
+        valid, cyc, color = cycle.flow_cycle_check(fw, bw, im1, im2, check)
+        return fw, valid, cyc, color
+
+    b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    return jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b, b))
+
+
 class FlowLabeler:
     """Forward + backward RAFT and the flow check, jitted and sharded over the batch of pairs."""
 
     def __init__(self, cfg: RAFTConfig, variables, lc: LabelConfig, mesh):
         self.variables, self.lc, self.mesh = variables, lc, mesh
         iters = lc.iters or 32
-        model = RAFT(cfg)
         check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow, lc.color_noise, lc.color_gain)
-
-        def fn(variables, im1, im2):
-            p1, lrtb = pad_images(im1.astype(jnp.float32))
-            p2, _ = pad_images(im2.astype(jnp.float32))
-            out = model.apply(variables, jnp.concatenate([p1, p2]), jnp.concatenate([p2, p1]), iters=iters)
-            flows = unpad(out["flow_up"], lrtb)
-            fw, bw = jnp.split(flows, 2)
-            valid, cyc, color = cycle.flow_cycle_check(fw, bw, im1, im2, check)
-            return fw, valid, cyc, color
-
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        jitted = jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b, b))
+        jitted = _flow_label_fn(cfg, iters, check, mesh)
         self.variables = parallel.put(variables, r)
         self.fn = lambda v, im1, im2: jitted(v, parallel.put(im1, b), parallel.put(im2, b))
 
@@ -166,24 +175,30 @@ class FlowLabeler:
 
 # ------------------------------------------------------------------------------------------ tracks
 
+@functools.lru_cache(maxsize=8)
+def _track_label_fn(cfg: PipsConfig, iters: int, mesh):
+    """The jitted forward + time-reversed tracking + check, shared like `_flow_label_fn`."""
+    model = Pips(cfg)
+
+    def fn(variables, frames, xys, tau):
+        fmaps = model.apply(variables, frames, method=Pips.encode)  # reversed clip: reversed fmaps
+        fwd = model.apply(variables, fmaps, xys, iters, method=Pips.track)
+        bwd = model.apply(variables, fmaps[:, ::-1], fwd["coords"][:, -1], iters, method=Pips.track)
+        keep, err = cycle.track_cycle_check(fwd["coords"], bwd["coords"][:, ::-1], tau)
+        return fwd["coords"], jax.nn.sigmoid(fwd["vis_logits"]) > 0.5, keep, err
+
+    b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    return jax.jit(fn, in_shardings=(r, b, b, r), out_shardings=(b, b, b, b))
+
+
 class TrackLabeler:
     """Forward + time-reversed PIPs on 8-frame windows and the all-frames track check."""
 
     def __init__(self, cfg: PipsConfig, variables, lc: LabelConfig, mesh):
         self.cfg = dataclasses.replace(cfg, stride=lc.stride)
         self.variables, self.lc, self.mesh = variables, lc, mesh
-        iters = lc.iters or 6
-        model = Pips(self.cfg)
-
-        def fn(variables, frames, xys, tau):
-            fmaps = model.apply(variables, frames, method=Pips.encode)  # reversed clip: reversed fmaps
-            fwd = model.apply(variables, fmaps, xys, iters, method=Pips.track)
-            bwd = model.apply(variables, fmaps[:, ::-1], fwd["coords"][:, -1], iters, method=Pips.track)
-            keep, err = cycle.track_cycle_check(fwd["coords"], bwd["coords"][:, ::-1], tau)
-            return fwd["coords"], jax.nn.sigmoid(fwd["vis_logits"]) > 0.5, keep, err
-
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        jitted = jax.jit(fn, in_shardings=(r, b, b, r), out_shardings=(b, b, b, b))
+        jitted = _track_label_fn(self.cfg, lc.iters or 6, mesh)
         self.variables = parallel.put(variables, r)
         tau = parallel.put(np.float32(lc.tau), r)
         self.fn = lambda v, frames, xys: jitted(v, parallel.put(frames, b), parallel.put(xys, b), tau)

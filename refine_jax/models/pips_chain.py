@@ -15,6 +15,7 @@ are tracked forward, frames before it by the same chain on the time-reversed vid
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
@@ -53,6 +54,21 @@ def _bucket(n: int, cap: int) -> int:
     return min(cap, max(8, 1 << (n - 1).bit_length()))
 
 
+@functools.lru_cache(maxsize=8)
+def _chain_fns(cfg: PipsConfig, iters: int):
+    """Jitted encode, template and window functions, shared by every tracker of the same settings
+    (the variables are an argument, so tracking with several models compiles them once)."""
+    model = Pips(cfg)
+    encode = jax.jit(lambda v, f: model.apply(v, f[None, None], method=Pips.encode)[0, 0])
+    template = jax.jit(lambda v, fm, xy: model.apply(v, fm[None], xy[None], method=Pips.template)[0])
+
+    @jax.jit
+    def window(v, fmaps, xys, feat):
+        out = model.apply(v, fmaps[None], xys[None], iters=iters, feat_init=feat[None], method=Pips.track)
+        return out["coords"][0], jax.nn.sigmoid(out["vis_logits"][0])
+    return encode, template, window
+
+
 class ChainedTracker:
     """Track queries through a whole video with chained 8-frame PIPs windows.
 
@@ -64,17 +80,7 @@ class ChainedTracker:
                  keep_log: bool = False):
         self.cfg, self.variables, self.iters = cfg, variables, iters
         self.max_points, self.keep_log = max_points, keep_log
-        model = Pips(cfg)
-        self._encode = jax.jit(lambda v, f: model.apply(v, f[None, None], method=Pips.encode)[0, 0])
-        self._template = jax.jit(lambda v, fm, xy: model.apply(v, fm[None], xy[None],
-                                                                 method=Pips.template)[0])
-
-        @jax.jit
-        def window(v, fmaps, xys, feat):
-            out = model.apply(v, fmaps[None], xys[None], iters=iters, feat_init=feat[None],
-                              method=Pips.track)
-            return out["coords"][0], jax.nn.sigmoid(out["vis_logits"][0])
-        self._window = window
+        self._encode, self._template, self._window = _chain_fns(cfg, iters)
 
     def validate(self, queries: np.ndarray, num_frames: int, h: int, w: int) -> np.ndarray:
         """Check queries against the video; one sentence naming the first bad query."""
