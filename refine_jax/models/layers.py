@@ -11,20 +11,20 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from refine_jax.models import precision
+
 EPS = 1e-5  # PyTorch's eps for BatchNorm, InstanceNorm, LayerNorm and GroupNorm.
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def conv(features: int, kernel, stride: int = 1, padding=0, name: Optional[str] = None,
-         precision=HIGHEST) -> nn.Conv:
-    """A conv with PyTorch's explicit symmetric padding (never 'SAME', trap T2).
+def conv(features: int, kernel, stride: int = 1, padding=0, name: Optional[str] = None) -> nn.Conv:
+    """A conv with PyTorch's explicit symmetric padding (never 'SAME', trap T2), in the current
+    precision policy (models/precision.py; HIGHEST float32 by default).
 
     kernel: int or (kh, kw); padding: int or (ph, pw), applied on both sides.
     """
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    return nn.Conv(features, (kh, kw), strides=(stride, stride), padding=((ph, ph), (pw, pw)),
-                   precision=precision, name=name)
+    return precision.conv(features, (kh, kw), strides=(stride, stride), padding=((ph, ph), (pw, pw)), name=name)
 
 
 def instance_norm(x):

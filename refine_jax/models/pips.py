@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from refine_jax.models import corr as corr_lib
+from refine_jax.models import corr as corr_lib, lookup, precision
 from refine_jax.models.layers import ResidualBlock, conv, instance_norm
 
 EPS = 1e-5
@@ -31,6 +31,8 @@ class PipsConfig:
     corr_radius: int = 3
     mixer_dim: int = 512      # official 512 x 12; reduced only for the CPU demo
     mixer_depth: int = 12
+    precision: str = "highest"  # run-time choices (models/precision.py, models/lookup.py)
+    lookup: str = "auto"
 
     arch = "pips"
 
@@ -120,12 +122,12 @@ class MixerBranch(nn.Module):
         y = layer_norm("norm")(x)
         if self.over_tokens:  # Conv1d with S as channels and the 512 features as length
             y = jnp.swapaxes(y, 1, 2)
-            y = nn.Conv(self.hidden, (1,), padding="VALID", name="fn_0", precision=jax.lax.Precision.HIGHEST)(y)
-            y = nn.Conv(x.shape[1], (1,), padding="VALID", name="fn_3", precision=jax.lax.Precision.HIGHEST)(gelu(y))
+            y = precision.conv(self.hidden, (1,), padding="VALID", name="fn_0")(y)
+            y = precision.conv(x.shape[1], (1,), padding="VALID", name="fn_3")(gelu(y))
             y = jnp.swapaxes(y, 1, 2)
         else:
-            y = nn.Dense(self.hidden, name="fn_0", precision=jax.lax.Precision.HIGHEST)(y)
-            y = nn.Dense(x.shape[-1], name="fn_3", precision=jax.lax.Precision.HIGHEST)(gelu(y))
+            y = precision.dense(self.hidden, name="fn_0")(y)
+            y = precision.dense(x.shape[-1], name="fn_3")(gelu(y))
         return x + y
 
 
@@ -138,14 +140,13 @@ class DeltaBlock(nn.Module):
 
     @nn.compact
     def __call__(self, ffeats, fcorrs, flows):
-        hi = jax.lax.Precision.HIGHEST
         x = jnp.concatenate([ffeats, fcorrs, sincos_embedding(flows)], -1)
-        x = nn.Dense(self.dim, name="to_delta_0", precision=hi)(x)
+        x = precision.dense(self.dim, name="to_delta_0")(x)
         for i in range(1, self.depth + 1):
             x = MixerBranch(4 * self.S, True, name=f"to_delta_{i}_0")(x)
             x = MixerBranch(4 * self.dim, False, name=f"to_delta_{i}_1")(x)
         x = layer_norm(f"to_delta_{self.depth + 1}")(x).mean(axis=1)
-        x = nn.Dense(self.S * (self.latent_dim + 2), name=f"to_delta_{self.depth + 3}", precision=hi)(x)
+        x = precision.dense(self.S * (self.latent_dim + 2), name=f"to_delta_{self.depth + 3}")(x)
         return x.reshape(x.shape[0], self.S, self.latent_dim + 2)
 
 
@@ -165,7 +166,7 @@ def correlation_volumes(pyramid, ffeats):
             for fm in pyramid]
 
 
-def sample_correlations(pyramid, ffeats, coords, radius: int):
+def sample_correlations(pyramid, ffeats, coords, radius: int, impl: str = "gather"):
     """Windows of the correlation volumes around coords / 2^l, levels concatenated.
 
     pyramid: list of (B, S, h_l, w_l, C); ffeats (B, S, N, C); coords (B, S, N, 2) stride units.
@@ -177,8 +178,7 @@ def sample_correlations(pyramid, ffeats, coords, radius: int):
     out = []
     for i, vol in enumerate(correlation_volumes(pyramid, ffeats)):
         h, w = vol.shape[-2:]
-        win = corr_lib.lookup_volume(vol.reshape(b * s * n, h, w), (coords / (2 ** i)).reshape(-1, 2),
-                                     radius)
+        win = lookup.window(vol.reshape(b * s * n, h, w), (coords / (2 ** i)).reshape(-1, 2), radius, impl)
         out.append(win.reshape(b, s, n, -1))
     return jnp.concatenate(out, axis=-1)
 
@@ -203,9 +203,10 @@ class Pips(nn.Module):
         self.fnet = PipsEncoder(cfg.latent_dim, cfg.stride)
         self.delta_block = DeltaBlock(cfg.S, cfg.latent_dim, cfg.mixer_dim, cfg.mixer_depth)
         self.norm = layer_norm()  # GroupNorm(1, 128) on (rows, 128) == LayerNorm over the 128
-        self.ffeat_updater_0 = nn.Dense(cfg.latent_dim, precision=jax.lax.Precision.HIGHEST)
-        self.vis_predictor_0 = nn.Dense(1, precision=jax.lax.Precision.HIGHEST)
+        self.ffeat_updater_0 = precision.dense(cfg.latent_dim)
+        self.vis_predictor_0 = precision.dense(1)
 
+    @precision.wrapped
     def encode(self, frames):
         """(B, S, H, W, 3) in [0, 255] -> fmaps (B, S, H//stride, W//stride, 128)."""
         b, s, h, w, _ = frames.shape
@@ -214,20 +215,24 @@ class Pips(nn.Module):
         f = self.fnet(x)
         return f.reshape(b, s, *f.shape[1:])
 
+    @precision.wrapped
     def template(self, fmap0, xys):
         """Query features: border-clamped bilinear sample of fmap0 (B, h, w, C) at xys (B, N, 2) px."""
-        return jax.vmap(corr_lib.sample_clamped)(fmap0, xys / self.cfg.stride)
+        impl = self.cfg.lookup
+        return jax.vmap(lambda f, xy: lookup.sample_clamped(f, xy, impl))(fmap0, xys / self.cfg.stride)
 
+    @precision.wrapped
     def delta_inputs(self, pyramid, coords, ffeats):
         """Mixer inputs in (B*N, S, C) layout: features, correlations and [dx, dy, t]."""
         b, s, n, c = ffeats.shape
-        fcorrs = sample_correlations(pyramid, ffeats, coords, self.cfg.corr_radius)
+        fcorrs = sample_correlations(pyramid, ffeats, coords, self.cfg.corr_radius, self.cfg.lookup)
         times = jnp.asarray(torch_linspace(0, s, s))
         flows = coords - coords[:, :1]
         flows = jnp.concatenate([flows, jnp.broadcast_to(times[None, :, None, None], (b, s, n, 1))], -1)
         to_mixer = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * n, s, x.shape[-1])
         return to_mixer(ffeats), to_mixer(fcorrs), to_mixer(flows)
 
+    @precision.wrapped
     def step(self, pyramid, coords, ffeats, pin):
         """One iteration. coords (B,S,N,2) stride units, ffeats (B,S,N,C), pin (B,N,2) or None
         (frame 0 is reset to `pin` after the update). Returns (coords, ffeats, delta (B*N,S,130))."""
@@ -243,10 +248,12 @@ class Pips(nn.Module):
             coords = coords.at[:, 0].set(pin)
         return coords, ffeats, delta
 
+    @precision.wrapped
     def visibility(self, ffeats):
         """Visibility logits (B, S, N) from track features (B, S, N, C)."""
         return self.vis_predictor_0(ffeats)[..., 0]
 
+    @precision.wrapped
     def track(self, fmaps, xys, iters: int = 6, coords_init=None, feat_init=None,
               pin_first: bool = True, with_score_maps: bool = False):
         """The iterative part on precomputed fmaps (B, S, h, w, C).
@@ -284,6 +291,7 @@ class Pips(nn.Module):
             result["score_maps"] = outs["score_maps"]
         return result
 
+    @precision.wrapped
     def __call__(self, xys, frames, iters: int = 6, coords_init=None, feat_init=None,
                  pin_first: bool = True, with_score_maps: bool = False):
         """Official forward: encode the S frames and track. See `track` for the outputs."""

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from refine_jax.models import corr as corr_lib
+from refine_jax.models import corr as corr_lib, lookup, precision
 from refine_jax.models.layers import BasicEncoder, SmallEncoder, conv
 
 MIN_SIDE = 128  # padded image sides below this make a 1-px pyramid level: NaN in the official model
@@ -21,9 +21,14 @@ MIN_SIDE = 128  # padded image sides below this make a 1-px pyramid level: NaN i
 
 @dataclasses.dataclass(frozen=True)
 class RAFTConfig:
-    """Architecture of one RAFT variant. `small` selects RAFT-small (spec 1.7)."""
+    """Architecture of one RAFT variant. `small` selects RAFT-small (spec 1.7). The run-time
+    choices that do not change the weights: `precision` ('highest' | 'bf16', models/precision.py),
+    `lookup` ('auto' | 'gather' | 'einsum') and `corr` ('auto' | 'volume' | 'alt') (models/lookup.py)."""
     small: bool = False
     corr_levels: int = 4
+    precision: str = "highest"
+    lookup: str = "auto"
+    corr: str = "auto"
 
     @property
     def arch(self) -> str:
@@ -46,11 +51,13 @@ class RAFTConfig:
         return 128 if self.small else 256
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "small": self.small, "corr_levels": self.corr_levels}
+        return {"arch": self.arch, "small": self.small, "corr_levels": self.corr_levels,
+                "precision": self.precision, "lookup": self.lookup, "corr": self.corr}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RAFTConfig":
-        return cls(small=bool(d["small"]), corr_levels=int(d.get("corr_levels", 4)))
+        return cls(small=bool(d["small"]), corr_levels=int(d.get("corr_levels", 4)),
+                   precision=d.get("precision", "highest"), lookup=d.get("lookup", "auto"), corr=d.get("corr", "auto"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,11 +125,16 @@ def build_corr_pyramid(fmap1, fmap2, levels: int):
     return pyramid
 
 
-def lookup_pyramid(pyramid, coords, radius: int):
-    """Windows around `coords` (B, h, w, 2) in every level -> (B, h, w, levels*(2r+1)^2)."""
+def lookup_pyramid(pyramid, coords, radius: int, impl: str = "gather"):
+    """Windows around `coords` (B, h, w, 2) in every level -> (B, h, w, levels*(2r+1)^2).
+
+    `pyramid` is build_corr_pyramid's volumes, read with the `impl` lookup, or {'fmap1', 'levels'}
+    (models/lookup.py) for correlations computed on the fly."""
+    if isinstance(pyramid, dict):
+        return lookup.alt_windows(pyramid["fmap1"], pyramid["levels"], coords, radius)
     b, h, w, _ = coords.shape
     xy = coords.reshape(b * h * w, 2)
-    out = [corr_lib.lookup_volume(vol, xy / (2 ** i), radius) for i, vol in enumerate(pyramid)]
+    out = [lookup.window(vol, xy / (2 ** i), radius, impl) for i, vol in enumerate(pyramid)]
     return jnp.concatenate(out, axis=-1).reshape(b, h, w, -1)
 
 
@@ -236,7 +248,7 @@ class UpdateBlock(nn.Module):
         small = self.cfg.small
         net, coords1, _ = carry
         coords1 = jax.lax.stop_gradient(coords1)
-        corr = lookup_pyramid(pyramid, coords1, self.cfg.corr_radius)
+        corr = lookup_pyramid(pyramid, coords1, self.cfg.corr_radius, self.cfg.lookup)
         flow = coords1 - coords0
         motion = (SmallMotionEncoder if small else BasicMotionEncoder)(name="encoder")(flow, corr)
         x = jnp.concatenate([inp, motion], -1)
@@ -275,6 +287,7 @@ class RAFT(nn.Module):
     # weight gradients inside a loop: 0.88 s vs 0.04 s for two ConvGRU steps)
 
     @nn.compact
+    @precision.wrapped
     def __call__(self, image1, image2, iters: int = 12, flow_init: Optional[jax.Array] = None,
                  all_flow_up: bool = False):
         """image1, image2: (B, H, W, 3) in [0, 255], H, W multiples of 8.
@@ -302,7 +315,10 @@ class RAFT(nn.Module):
         net = jnp.tanh(cnet[..., :cfg.hidden_dim])
         inp = nn.relu(cnet[..., cfg.hidden_dim:])
 
-        pyramid = build_corr_pyramid(fmap1, fmap2, cfg.corr_levels)
+        if lookup.resolve_corr(cfg.corr, (h // 8) * (w // 8)) == "alt":
+            pyramid = {"fmap1": fmap1, "levels": lookup.feature_pyramid(fmap2, cfg.corr_levels)}
+        else:
+            pyramid = build_corr_pyramid(fmap1, fmap2, cfg.corr_levels)
         coords0 = coords_grid(b, h // 8, w // 8)
         coords1 = coords0 if flow_init is None else coords0 + flow_init
         mask0 = None if cfg.small else jnp.zeros((b, h // 8, w // 8, 576), jnp.float32)
