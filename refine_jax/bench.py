@@ -4,6 +4,8 @@
   python -m refine_jax.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
   python -m refine_jax.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
   python -m refine_jax.bench label  (labelled pairs/s and clips/s against one forward pass)
+  python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--arch=raft]
+      [--size=H,W] [--steps=train,label,eval]   (compile for a TPU topology: refine_jax/compile_report.py)
 
 Without --official only our absolute times are printed (a ratio against a time measured on
 another machine means nothing). With it, the official implementation from the user's checkout
@@ -172,14 +174,34 @@ def bench_label(repeats: int) -> None:
           f"(compile {c:.1f} s); one forward {t_pf:.3f} s; ratio {t_pl / t_pf:.2f}x", flush=True)
 
 
+def bench_tpu(args) -> int:
+    from refine_jax import compile_report
+    config = cli.load_config(args.config)
+    stem = os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0]
+    arch = args.arch or ("pips" if stem == "pips" else "raft")
+    size = (tuple(int(v) for v in args.size.split(",")) if args.size
+            else compile_report.DATA_SIZES.get((arch.replace("_small", ""), args.config.partition(":")[2]), (256, 256)))
+    print(f"compiling {args.config} ({arch}) for {args.topology}, data frames {size[0]}x{size[1]}", flush=True)
+    for row in compile_report.report(config, arch, args.topology, size, tuple(args.steps.split(","))):
+        print(compile_report.summarise(row), flush=True)
+    return 0
+
+
 @cli.guarded
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m refine_jax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("raft", "pips", "data", "label"))
+    p.add_argument("what", choices=("raft", "pips", "data", "label", "tpu"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--official", default="", help="raft, pips: a checkout of the official code to time beside ours")
+    p.add_argument("--topology", default="v5e:2x4", help="tpu: a Cloud TPU topology, e.g. v4:2x2x1, v5e:4x4")
+    p.add_argument("--config", default="configs/raft.py:sintel", help="tpu: config file[:preset]")
+    p.add_argument("--arch", default="", help="tpu: raft | raft_small | pips (default from the config file)")
+    p.add_argument("--size", default="", help="tpu: H,W of the data frames (default per preset)")
+    p.add_argument("--steps", default="train,label,eval", help="tpu: which steps to compile")
     args = p.parse_args(argv)
+    if args.what == "tpu":
+        return bench_tpu(args)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
     if args.what in ("raft", "pips"):
         {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official)

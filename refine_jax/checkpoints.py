@@ -94,8 +94,31 @@ def fingerprint(path) -> str:
     return h.hexdigest()
 
 
-def load_model(path) -> LoadedModel:
-    """Load a model checkpoint folder or an official `.pth` file."""
+RUNTIME_FIELDS = ("precision", "lookup", "corr")  # model settings that do not change the weights
+
+
+def with_runtime(cfg, runtime) -> Any:
+    """`cfg` with run-time settings (config.runtime: precision, lookup, corr) replaced; a field
+    the architecture lacks (PIPs has no 'corr') is skipped, an unknown one is an error."""
+    runtime = dict(runtime or {})
+    unknown = set(runtime) - set(RUNTIME_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown runtime settings: {', '.join(sorted(unknown))}; "
+                         f"expected {', '.join(RUNTIME_FIELDS)}")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{k: v for k, v in runtime.items() if k in names})
+
+
+def load_model(path, runtime=None) -> LoadedModel:
+    """Load a model checkpoint folder or an official `.pth` file, with optional run-time
+    settings (`with_runtime`)."""
+    loaded = _load(path)
+    if runtime:
+        loaded.cfg = with_runtime(loaded.cfg, runtime)
+    return loaded
+
+
+def _load(path) -> LoadedModel:
     p = epath.Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")

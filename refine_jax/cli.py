@@ -29,6 +29,18 @@ def enable_compilation_cache() -> str:
     return path
 
 
+def load_config(spec: str):
+    """A config file's get_config(preset) from 'configs/raft.py[:preset]' (as --config takes it)."""
+    import importlib.util
+    path, _, preset = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such config file")
+    module_spec = importlib.util.spec_from_file_location(f"refine_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset or None)
+
+
 def _expected() -> tuple:
     errors = [OSError, ValueError, KeyError]  # OSError: missing files, permissions, FileExistsError
     if "tensorflow" in sys.modules:  # tf.io.gfile / tf.data on gs:// (no access, no bucket, ...)

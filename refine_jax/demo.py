@@ -99,7 +99,7 @@ def pretrain(config, workdir: str) -> dict:
     model = pretrained_dir(workdir)
     meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
     if "source_metrics" not in meta["provenance"] and fs.exists(data_dir(workdir, "source_eval")):
-        loaded = checkpoints.load_model(model)
+        loaded = checkpoints.load_model(model, config.get("runtime"))
         ec = evaluate.EvalConfig.from_config(config.get("eval"))
         clips = parallel.process_share(list(shards.read_clips(data_dir(workdir, "source_eval"))))
         result = evaluate.measure(loaded, clips, ec, config)

@@ -321,7 +321,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     the oracle in WORKDIR/oracle/model, and the trivial baseline; write WORKDIR/eval."""
     from refine_jax.oracle import oracle_dir
     ec = EvalConfig.from_config(config.get("eval"))
-    before = checkpoints.load_model(init or config.init)
+    before = checkpoints.load_model(init or config.init, config.get("runtime"))
     all_clips = _clips(ec, config)
     clips = parallel.process_share(all_clips)  # each process its share; metrics are gathered
     out_dir = os.path.join(workdir, "eval")
@@ -343,7 +343,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
                          ("oracle", os.path.join(oracle_dir(workdir), "model"))):
         if not fs.isdir(folder):
             continue
-        loaded = checkpoints.load_model(folder)
+        loaded = checkpoints.load_model(folder, config.get("runtime"))
         m = measure(loaded, clips, ec, config)
         result[name], result[f"model_{name}"], examples[name] = m["model"], fs.abspath(folder), m["example"]
         if name == "after" and ec.curve:

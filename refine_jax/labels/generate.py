@@ -96,9 +96,11 @@ def _flow_label_fn(cfg: RAFTConfig, iters: int, check: cycle.FlowCheck, mesh):
     def fn(variables, im1, im2):
         p1, lrtb = pad_images(im1.astype(jnp.float32))
         p2, _ = pad_images(im2.astype(jnp.float32))
-        out = model.apply(variables, jnp.concatenate([p1, p2]), jnp.concatenate([p2, p1]), iters=iters)
-        flows = unpad(out["flow_up"], lrtb)
-        fw, bw = jnp.split(flows, 2)
+        b = p1.shape[0]
+        interleave = lambda x, y: jnp.stack([x, y], 1).reshape(2 * b, *x.shape[1:])  # pair k: rows 2k, 2k+1
+        out = model.apply(variables, interleave(p1, p2), interleave(p2, p1), iters=iters)
+        flows = unpad(out["flow_up"], lrtb).reshape(b, 2, *im1.shape[1:3], 2)  # a device keeps its pairs
+        fw, bw = flows[:, 0], flows[:, 1]
         valid, cyc, color = cycle.flow_cycle_check(fw, bw, im1, im2, check)
         return fw, valid, cyc, color
 
@@ -345,7 +347,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     from tqdm import tqdm
     lc = LabelConfig.from_config(config.get("label"))
     init = init or config.init
-    loaded = checkpoints.load_model(init)
+    loaded = checkpoints.load_model(init, config.get("runtime"))
     mesh = parallel.make_mesh(lc.num_devices or None, local=True)
     labeler = (FlowLabeler if isinstance(loaded.cfg, RAFTConfig) else TrackLabeler)(
         loaded.cfg, loaded.variables, lc, mesh)

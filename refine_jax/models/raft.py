@@ -307,8 +307,12 @@ class RAFT(nn.Module):
         image2 = 2 * (image2.astype(jnp.float32) / 255.0) - 1
 
         encoder = SmallEncoder if cfg.small else BasicEncoder
-        fmaps = encoder(cfg.fnet_dim, "instance", name="fnet")(jnp.concatenate([image1, image2], 0))
-        fmap1, fmap2 = fmaps[:b], fmaps[b:]
+        # both images of a pair side by side on the batch axis (not all image1 then all image2), so
+        # that a batch split over devices encodes its own pairs without moving images between them
+        pairs = jnp.stack([image1, image2], 1).reshape(2 * b, h, w, 3)
+        fmaps = encoder(cfg.fnet_dim, "instance", name="fnet")(pairs)
+        fmaps = fmaps.reshape(b, 2, *fmaps.shape[1:])
+        fmap1, fmap2 = fmaps[:, 0], fmaps[:, 1]
         cnet_norm = "none" if cfg.small else "batch"
         cnet = encoder(cfg.hidden_dim + cfg.context_dim, cnet_norm, self.use_running_average,
                        name="cnet")(image1)

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from refine_jax import settings
 from refine_jax import checkpoints, cli, fs, parallel
 from refine_jax.data import pipeline
-from refine_jax.models import build_model
+from refine_jax.models import build_model, lookup
 from refine_jax.models.raft import RAFTConfig
 from refine_jax.train import augment, losses
 
@@ -67,8 +67,9 @@ def make_optimizer(tc) -> optax.GradientTransformation:
 
 def _unroll(tc) -> int:
     """Unroll the iterations when training on CPU (conv weight gradients inside an XLA:CPU loop
-    are ~20x slower); keep the loop on accelerators, where compile time matters more."""
-    return tc.iters if jax.default_backend() == "cpu" else 1
+    are ~20x slower); keep the loop on accelerators, where compile time matters more. The target
+    is the platform being compiled for (lookup.compiling_for), not only this host's."""
+    return tc.iters if lookup.target_platform() == "cpu" else 1
 
 
 def _raft_loss(model_cfg, tc, freeze_bn):
@@ -192,7 +193,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     tc = TrainConfig.from_config(config.get("train"))
     ac = augment.AugmentConfig.from_config(config.get("augment", {"enabled": False}))
     init = init or config.init
-    loaded = checkpoints.load_model(init)
+    loaded = checkpoints.load_model(init, config.get("runtime"))
     model_cfg = loaded.cfg
     is_raft = isinstance(model_cfg, RAFTConfig)
     if is_raft and ac.enabled and ac.crop and (ac.crop[0] % 8 or ac.crop[1] % 8 or min(ac.crop) < 128):

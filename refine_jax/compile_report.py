@@ -1,0 +1,206 @@
+"""TPU readiness without the hardware: compile a config's label, train and eval steps for a Cloud
+TPU topology on this (CPU) host with libtpu, and report per chip what the compiler says.
+
+  pip install -e ".[tpu]"      # libtpu from PyPI
+  python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--steps=train,label,eval]
+
+For each step: HBM in use per chip (arguments, outputs, temporaries) against the chip's capacity,
+FLOPs and bytes accessed per step (XLA's cost analysis), every collective of the optimised HLO with
+its kind, size and the JAX operation it came from, and a roofline time max(FLOPs / peak,
+bytes / bandwidth) from the chip's bf16 peak (a lower bound; float32 'highest' products run several
+bf16 passes). The steps are the real ones of the stages (trainer.make_train_step, the labelers'
+jitted functions, the eval tracker), traced as for a TPU (lookup.compiling_for): the accelerator's
+scan loop and the gather-free lookups of 'auto'.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Dict, List, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from refine_jax import checkpoints, models, parallel
+from refine_jax.models import lookup
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    bf16_flops: float      # peak FLOP/s
+    hbm_bytes: float
+    hbm_bandwidth: float   # bytes/s
+
+
+CHIPS = {"v4": Chip(275e12, 32 * 2 ** 30, 1.2e12), "v5e": Chip(197e12, 16e9, 819e9),
+         "v5p": Chip(459e12, 95e9, 2.77e12), "v6e": Chip(918e12, 32e9, 1.64e12)}
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8, "u8": 1, "s8": 1,
+                "pred": 1, "f64": 8}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def topology(name: str) -> Tuple[list, Chip]:
+    """The devices of a TPU topology ('v5e:2x4') and its chip's specs."""
+    from jax.experimental import topologies
+    kind = name.split(":")[0]
+    if kind not in CHIPS:
+        raise ValueError(f"{name}: unknown chip {kind!r}; expected one of {', '.join(CHIPS)} (e.g. v5e:2x4)")
+    try:
+        desc = topologies.get_topology_desc(name, "tpu")
+    except Exception as e:  # libtpu missing, or a shape it does not know
+        raise ValueError(f"{name}: cannot describe this TPU topology ({' '.join(str(e).split())[:300]}); "
+                         f"install libtpu with pip install -e '.[tpu]'") from None
+    return list(desc.devices), CHIPS[kind]
+
+
+def collectives(hlo: str) -> List[Dict]:
+    """Every collective of an optimised HLO module: kind, result bytes, the JAX op it came from."""
+    out = []
+    pattern = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+    for line in hlo.splitlines():
+        m = pattern.search(line)
+        if not m or line.strip().startswith("ROOT %tuple") or "-done" in line.split("=")[-1][:40]:
+            continue
+        shapes = re.findall(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]", m.group(1))
+        size = sum(_DTYPE_BYTES[d] * int(np.prod([int(v) for v in dims.split(",") if v] or [1])) for d, dims in shapes)
+        op = re.search(r'op_name="([^"]+)"', line)
+        out.append({"kind": m.group(2), "bytes": size, "op": op.group(1) if op else ""})
+    return out
+
+
+def analyse(compiled, chip: Chip) -> Dict:
+    """Memory, cost, collectives and the roofline time of one compiled step (per chip)."""
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    hbm = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    return {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
+            "temporaries": mem.temp_size_in_bytes, "aliased": mem.alias_size_in_bytes, "hbm": hbm,
+            "hbm_fraction": hbm / chip.hbm_bytes, "flops": flops, "bytes": nbytes,
+            "roofline_s": max(flops / chip.bf16_flops, nbytes / chip.hbm_bandwidth),
+            "collectives": collectives(compiled.as_text())}
+
+
+def _abstract(tree, sharding):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _round_up(n: int, k: int) -> int:
+    return max(k, -(-n // k) * k)
+
+
+def train_step(model_cfg, config, mesh, size):
+    """(jitted step, abstract args, global batch) of the train stage's step."""
+    from refine_jax.train import augment, trainer
+    tc = trainer.TrainConfig.from_config(config.get("train"))
+    ac = augment.AugmentConfig.from_config(config.get("augment", {"enabled": False}))
+    batch = _round_up(tc.batch_size, mesh.size)
+    tx = trainer.make_optimizer(tc)
+    variables = _init_shapes(model_cfg)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, stats,
+                               jax.eval_shape(tx.init, params), jax.eval_shape(lambda: jax.random.PRNGKey(0)))
+    rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    h, w = size
+    if model_cfg.arch == "pips":
+        s, n = model_cfg.S, tc.max_tracks
+        b = {"frames": ((batch, s, h, w, 3), jnp.uint8), "tracks": ((batch, n, s, 2), jnp.float32),
+             "visible": ((batch, n, s), jnp.bool_), "track_valid": ((batch, n), jnp.bool_)}
+    else:
+        b = {"frames": ((batch, 2, h, w, 3), jnp.uint8), "flow": ((batch, 1, h, w, 2), jnp.float32),
+             "flow_valid": ((batch, 1, h, w), jnp.bool_)}
+    b = {k: jax.ShapeDtypeStruct(shape, dt, sharding=bat) for k, (shape, dt) in b.items()}
+    step = trainer.make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn, ac)
+    return step, (_abstract(state, rep), b), batch
+
+
+def _init_shapes(cfg):
+    from refine_jax.convert import abstract_variables
+    return abstract_variables(cfg)
+
+
+def label_step(model_cfg, config, mesh, size, iters: Optional[int] = None):
+    """(jitted function, abstract args, batch) of the label stage's forward-backward-check call."""
+    from refine_jax.labels import cycle, generate
+    lc = generate.LabelConfig.from_config(config.get("label"))
+    rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    variables = _abstract(_init_shapes(model_cfg), rep)
+    batch = _round_up(lc.batch, mesh.size)
+    h, w = size
+    if model_cfg.arch == "pips":
+        cfg = dataclasses.replace(model_cfg, stride=lc.stride)
+        fn = generate._track_label_fn(cfg, iters or lc.iters or 6, mesh)
+        return fn, (variables, jax.ShapeDtypeStruct((batch, cfg.S, h, w, 3), jnp.float32, sharding=bat),
+                    jax.ShapeDtypeStruct((batch, lc.max_queries, 2), jnp.float32, sharding=bat),
+                    jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)), batch
+    check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow, lc.color_noise, lc.color_gain)
+    fn = generate._flow_label_fn(model_cfg, iters or lc.iters or 32, check, mesh)
+    im = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.uint8, sharding=bat)
+    return fn, (variables, im, im), batch
+
+
+def eval_step(model_cfg, config, device, size):
+    """(jitted function, abstract args, batch) of the eval stage's per-call work on one chip: RAFT's
+    forward-backward (the eval stage measures with the labeler's function), PIPs' tracking window."""
+    from refine_jax.evaluate import EvalConfig
+    ec = EvalConfig.from_config(config.get("eval"))
+    mesh = Mesh(np.asarray([device]), ("data",))
+    if model_cfg.arch != "pips":
+        return label_step(model_cfg, config, mesh, size, iters=ec.iters or 32)
+    from refine_jax.models.pips_chain import _chain_fns
+    cfg = dataclasses.replace(model_cfg, stride=ec.stride)
+    _, _, window = _chain_fns(cfg, ec.iters or 6)
+    one = NamedSharding(mesh, P())
+    variables = _abstract(_init_shapes(cfg), one)
+    h, w = size[0] // cfg.stride, size[1] // cfg.stride
+    n = 256
+    return window, (variables, jax.ShapeDtypeStruct((cfg.S, h, w, cfg.latent_dim), jnp.float32, sharding=one),
+                    jax.ShapeDtypeStruct((n, 2), jnp.float32, sharding=one),
+                    jax.ShapeDtypeStruct((n, cfg.latent_dim), jnp.float32, sharding=one)), 1
+
+
+# Frame sizes of the data each preset refines on (label and eval); training uses config.train.size
+# when the preset sets one (CroHD: 512x852 crops of 768x1280 frames).
+DATA_SIZES = {("raft", ""): (436, 1024), ("raft", "sintel"): (436, 1024), ("pips", "crohd"): (768, 1280),
+              ("pips", "horse10"): (256, 448), ("pips", "tapvid_davis"): (256, 256), ("pips", ""): (256, 256)}
+
+
+def report(config, arch: str, topo: str, size: Tuple[int, int], steps=("train", "label", "eval")) -> List[Dict]:
+    """Compile each step for the topology; one row per step (see `analyse`)."""
+    import time
+    devices, chip = topology(topo)
+    mesh = Mesh(np.asarray(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    model_cfg = checkpoints.with_runtime(models.model_config(arch), config.get("runtime"))
+    rows = []
+    with lookup.compiling_for("tpu"):
+        for name in steps:
+            if name == "train":
+                fn, args, batch = train_step(model_cfg, config, mesh, tuple(config.train.get("size") or size))
+            elif name == "label":
+                fn, args, batch = label_step(model_cfg, config, mesh, size)
+            elif name == "eval":
+                fn, args, batch = eval_step(model_cfg, config, devices[0], size)
+            else:
+                raise ValueError(f"unknown step {name!r}; expected train, label or eval")
+            t0 = time.perf_counter()
+            compiled = fn.lower(*args).compile()
+            row = {"step": name, "topology": topo, "chips": mesh.size if name != "eval" else 1,
+                   "batch": batch, "size": f"{size[0]}x{size[1]}", "compile_s": time.perf_counter() - t0,
+                   **analyse(compiled, chip)}
+            rows.append(row)
+    return rows
+
+
+def summarise(row: Dict) -> str:
+    kinds: Dict[str, List[int]] = {}
+    for c in row["collectives"]:
+        kinds.setdefault(c["kind"], []).append(c["bytes"])
+    coll = ", ".join(f"{len(v)} {k} ({sum(v) / 2 ** 20:.1f} MiB)" for k, v in sorted(kinds.items())) or "none"
+    return (f"{row['step']:<5} {row['topology']} batch {row['batch']} at {row['size']}: HBM/chip "
+            f"{row['hbm'] / 2 ** 30:.2f} GiB ({100 * row['hbm_fraction']:.0f} % of the chip; args "
+            f"{row['arguments'] / 2 ** 30:.2f}, temps {row['temporaries'] / 2 ** 30:.2f}, out "
+            f"{row['outputs'] / 2 ** 30:.2f}) | {row['flops']:.3g} FLOPs, {row['bytes']:.3g} B | roofline "
+            f"{1000 * row['roofline_s']:.1f} ms | collectives: {coll} | compiled in {row['compile_s']:.0f} s")
