@@ -231,7 +231,9 @@ def eval_tracks(loaded, clips, ec: EvalConfig, config) -> dict:
                              iters=ec.iters or 6)
     labeler = None
     if ec.label_free:
-        lc = dataclasses.replace(_label_config(config, ec.iters or 6), stride=ec.stride, use_gt_points=False)
+        lc = _label_config(config, ec.iters or 6)  # grid queries: they need no ground truth
+        lc = dataclasses.replace(lc, stride=ec.stride, use_gt_points=False, grid=lc.grid or 12,
+                                 densify_window=0, max_queries=max(lc.grid or 12, 1) ** 2)
         labeler = TrackLabeler(loaded.cfg, loaded.variables, lc, parallel.make_mesh(1, local=True))
     rows, base_rows, example = [], [], None
     for c in clips:

@@ -21,14 +21,16 @@ import os
 from absl import flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]",
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "work directory (created; resumed if it exists); "
-                               "default runs/<config name>[_<preset>]")
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "multi-process runs: host:port of process 0 "
-                                   "(or REFINE_JAX_COORDINATOR; Cloud TPU slices find it themselves)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process runs: how many")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process runs: this one's index")
+def define_flags() -> None:
+    """The command line; defined only when this module is the program, so that tests and tools can
+    import it beside other entry points that use the same flag names."""
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]", lock_config=False)
+    flags.DEFINE_string("workdir", None, "work directory (created; resumed if it exists); "
+                        "default runs/<config name>[_<preset>]")
+    flags.DEFINE_string("coordinator", None, "multi-process runs: host:port of process 0 "
+                        "(or REFINE_JAX_COORDINATOR; Cloud TPU slices find it themselves)")
+    flags.DEFINE_integer("num_processes", None, "multi-process runs: how many")
+    flags.DEFINE_integer("process_id", None, "multi-process runs: this one's index")
 
 
 def stages():
@@ -110,14 +112,15 @@ def main(argv):
     from refine_jax import cli, lock, parallel
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress bars say enough
     cli.enable_compilation_cache()
-    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].serialize().partition("=")[2])
+    f = flags.FLAGS
+    parallel.initialize(f.coordinator, f.num_processes, f.process_id)
+    workdir = f.workdir or default_workdir(f["config"].serialize().partition("=")[2])
     if parallel.is_main_process():
         print(f"workdir: {workdir}", flush=True)
         with lock.WorkdirLock(workdir):
-            summary = run(_CONFIG.value, workdir)
+            summary = run(f.config, workdir)
     else:
-        summary = run(_CONFIG.value, workdir)
+        summary = run(f.config, workdir)
     if not parallel.is_main_process():
         return
     ev = summary.get("eval")
@@ -133,4 +136,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from refine_jax import cli
+    define_flags()
     cli.absl_run(main, required=["config"])

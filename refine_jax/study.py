@@ -5,7 +5,7 @@
       [--severities=1,2] [--seeds=0,1,2] [--config.FIELD=VALUE ...]
 
 Every cell (shift, severity, seed) runs the config's demo stages on a procedural target with only
-that shift at that severity ('default' scales every shift of the demo's combined target) and
+that shift at that severity ('default': every shift of the demo's combined target at it) and
 target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a finished cell is read back, so the study
 resumes. Then it prints, per shift and severity, the primary metric of the trivial baseline, the
 model before and after refinement and the oracle (mean +- std over seeds), the relative change,
@@ -25,18 +25,20 @@ from refine_jax import fs
 from refine_jax.data import shifts as shifts_lib
 from refine_jax.data import synthetic
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]",
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "study folder (resumed if it exists)")
-_SHIFTS = flags.DEFINE_list("shifts", ["default", *shifts_lib.NAMES], "shifts to study")
-_SEVERITIES = flags.DEFINE_list("severities", ["1", "2"], "severities")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "target seeds")
+def define_flags() -> None:
+    """The command line; defined only when this module is the program, so that importing it beside
+    refine_jax.main (which owns the same flag names) is fine."""
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file[:preset]", lock_config=False)
+    flags.DEFINE_string("workdir", None, "study folder (resumed if it exists)")
+    flags.DEFINE_list("shifts", ["default", *shifts_lib.NAMES], "shifts to study")
+    flags.DEFINE_list("severities", ["1", "2"], "severities")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "target seeds")
 
 
 def shift_spec(shift: str, severity: float) -> str:
     """The demo.target_shifts string of one cell."""
     if shift == "default":
-        return ",".join(f"{n}:{s * severity:g}" for n, s in synthetic.TARGET_SHIFTS)
+        return ",".join(f"{n}:{severity:g}" for n, _ in synthetic.TARGET_SHIFTS)
     shifts_lib.check(((shift, severity),))
     return f"{shift}:{severity:g}"
 
@@ -113,11 +115,12 @@ def main(argv):
     from refine_jax import cli
     logging.set_verbosity(logging.WARNING)
     cli.enable_compilation_cache()
-    config, root = _CONFIG.value, _WORKDIR.value
+    f = flags.FLAGS
+    config, root = f.config, f.workdir
     cells = {}
-    for shift in _SHIFTS.value:
-        for sev in map(float, _SEVERITIES.value):
-            for seed in map(int, _SEEDS.value):
+    for shift in f.shifts:
+        for sev in map(float, f.severities):
+            for seed in map(int, f.seeds):
                 wd = os.path.join(root, f"{shift}_{sev:g}", f"seed{seed}")
                 print(f"study: {shift} {sev:g} seed {seed} in {wd}", flush=True)
                 cells[(shift, sev, seed)] = run_cell(config, wd, shift, sev, seed)
@@ -131,4 +134,5 @@ def main(argv):
 
 if __name__ == "__main__":
     from refine_jax import cli
+    define_flags()
     cli.absl_run(main, required=["config", "workdir"])

@@ -62,7 +62,7 @@ def test_directions_and_report_flag_what_got_worse(tmp_path):
 
 def test_study_cells_and_summary():
     assert study.shift_spec("fog", 2.0) == "fog:2"
-    assert study.shift_spec("default", 2.0) == ",".join(f"{n}:{2 * s:g}" for n, s in synthetic.TARGET_SHIFTS)
+    assert study.shift_spec("default", 1.0) == ",".join(f"{n}:1" for n, _ in synthetic.TARGET_SHIFTS)
     cell = lambda b, a: {"primary": "epe", "lower_is_better": True, "before": {"epe": b}, "after": {"epe": a},
                          "oracle": {"epe": a - 0.5}, "baseline": {"epe": 9.0}}
     cells = {("fog", 1.0, 0): cell(2.0, 1.8), ("fog", 1.0, 1): cell(2.0, 2.2), ("default", 1.0, 0): cell(3.0, 2.7)}

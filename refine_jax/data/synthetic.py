@@ -54,9 +54,11 @@ class DomainConfig:
     shifts: Tuple[Tuple[str, float], ...] = ()      # named appearance shifts (data/shifts.py)
 
 
-# The target of the embedded demo: the imaging of Sintel 'final' (motion blur, atmosphere, defocus)
-# and of real cameras (sensor noise, exposure drift), each moderate, over the source's scenes.
-TARGET_SHIFTS = (("motion_blur", 1.0), ("fog", 1.0), ("defocus", 1.0), ("noise", 1.0), ("brightness", 1.0))
+# The target of the embedded demo: the imaging of Sintel 'final' (motion blur over the whole frame
+# interval, atmosphere, defocus) and of real cameras (sensor noise, exposure drift) over the
+# source's scenes, at severity 2: the stand-in RAFT-small's EPE grows by about 70 % from source to
+# this target, as RAFT's does from Sintel clean to final.
+TARGET_SHIFTS = (("motion_blur", 2.0), ("fog", 2.0), ("defocus", 2.0), ("noise", 2.0), ("brightness", 2.0))
 
 PRESETS = {
     "source": DomainConfig(),
