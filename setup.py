@@ -7,6 +7,8 @@ setup(
     description="Refining pre-trained motion models (RAFT, PIPs) on unlabelled video, in JAX/Flax.",
     python_requires=">=3.10",
     packages=find_packages(include=["refine_jax", "refine_jax.*"]),
+    # the committed stand-in models (model.json + Orbax variables, a few MB each)
+    package_data={"refine_jax": [f"standins/*/{'*/' * depth}*" for depth in range(5)]},
     install_requires=[
         "numpy>=1.26",
         "scipy>=1.11",

@@ -2,6 +2,8 @@
 
   python -m refine_jax.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
   python -m refine_jax.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
+  python -m refine_jax.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
+  (raft, pips, large: --precision=highest|bf16)
   python -m refine_jax.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
   python -m refine_jax.bench label  (labelled pairs/s and clips/s against one forward pass)
   python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--arch=raft]
@@ -69,11 +71,11 @@ def time_torch(fn, *args, repeats: int = 3):
     return statistics.median(times), out
 
 
-def bench_raft(repeats: int, official: str = "") -> None:
+def bench_raft(repeats: int, official: str = "", precision: str = "highest") -> None:
     from refine_jax import official as official_lib
     from refine_jax.models.raft import RAFT, RAFTConfig
 
-    cfg = RAFTConfig()
+    cfg = RAFTConfig(precision=precision)
     model = RAFT(cfg)
     rng = np.random.default_rng(0)
     im1 = rng.uniform(0, 255, (1, 368, 496, 3)).astype(np.float32)
@@ -87,10 +89,30 @@ def bench_raft(repeats: int, official: str = "") -> None:
             ref, out = time_torch(official_lib.raft(official, cfg, jax.device_get(variables), iters), im1, im2,
                                   repeats=repeats)
             diff = float(np.abs(np.asarray(fn(variables, im1, im2)) - out).max())
-        _report(f"RAFT large 368x496, {iters} iters", *timing, ref, diff)
+        _report(f"RAFT large 368x496, {iters} iters, {precision}", *timing, ref, diff)
 
 
-def bench_pips(repeats: int, official: str = "") -> None:
+def bench_large(size: str, corr: str, precision: str) -> None:
+    """Seconds and peak resident memory of one RAFT-large forward pass (12 iterations) on a
+    large frame pair: with corr='alt' no correlation volume is ever built (models/lookup.py)."""
+    import resource
+    from refine_jax.models.raft import RAFT, RAFTConfig
+
+    h, w = (int(v) for v in size.split(","))
+    cfg = RAFTConfig(corr=corr, precision=precision)
+    model = RAFT(cfg)
+    rng = np.random.default_rng(0)
+    im1, im2 = (jnp.asarray(rng.uniform(0, 255, (1, h, w, 3)).astype(np.float32)) for _ in range(2))
+    small = jnp.zeros((1, 128, 128, 3), jnp.float32)
+    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), small, small, iters=1))()
+    fn = jax.jit(lambda v, a, b: model.apply(v, a, b, iters=12)["flow_up"])
+    compile_s, median, times = time_call(fn, variables, im1, im2, repeats=1)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+    print(f"RAFT large {h}x{w}, 12 iters, corr={corr}, {precision}: compile {compile_s:.1f} s | "
+          f"{median:.1f} s/call | peak resident memory of this process {peak_gib:.2f} GiB", flush=True)
+
+
+def bench_pips(repeats: int, official: str = "", precision: str = "highest") -> None:
     from refine_jax import official as official_lib
     from refine_jax.models.pips import Pips, PipsConfig
 
@@ -98,7 +120,7 @@ def bench_pips(repeats: int, official: str = "") -> None:
     frames = rng.uniform(0, 255, (1, 8, 368, 496, 3)).astype(np.float32)
     xys = np.stack([rng.uniform(0, 495, 256), rng.uniform(0, 367, 256)], -1)[None].astype(np.float32)
     for stride in (8, 4):
-        cfg = PipsConfig(stride=stride)
+        cfg = PipsConfig(stride=stride, precision=precision)
         model = Pips(cfg)
         variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), xys, frames, iters=1))()
         fn = jax.jit(lambda v, x, f: model.apply(v, x, f, iters=6)["coords"])
@@ -111,7 +133,7 @@ def bench_pips(repeats: int, official: str = "") -> None:
             # outputs are compared after the first iteration
             first = official_lib.pips(official, cfg, host, 1)(xys, frames)
             diff = float(np.abs(np.asarray(model.apply(variables, xys, frames, iters=1)["coords"]) - first).max())
-        _report(f"PIPs 8x368x496, N=256, 6 iters, s{stride}", *timing, ref, diff)
+        _report(f"PIPs 8x368x496, N=256, 6 iters, s{stride}, {precision}", *timing, ref, diff)
 
 
 def bench_data(repeats: int) -> None:
@@ -191,9 +213,12 @@ def bench_tpu(args) -> int:
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m refine_jax.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("raft", "pips", "data", "label", "tpu"))
+    p.add_argument("what", choices=("raft", "pips", "large", "data", "label", "tpu"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--official", default="", help="raft, pips: a checkout of the official code to time beside ours")
+    p.add_argument("--precision", default="highest", choices=("highest", "bf16"), help="raft, pips, large")
+    p.add_argument("--corr", default="alt", choices=("alt", "volume"), help="large: the correlation")
+    p.add_argument("--large_size", default="1080,1920", help="large: H,W")
     p.add_argument("--topology", default="v5e:2x4", help="tpu: a Cloud TPU topology, e.g. v4:2x2x1, v5e:4x4")
     p.add_argument("--config", default="configs/raft.py:sintel", help="tpu: config file[:preset]")
     p.add_argument("--arch", default="", help="tpu: raft | raft_small | pips (default from the config file)")
@@ -204,7 +229,9 @@ def main(argv) -> int:
         return bench_tpu(args)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
     if args.what in ("raft", "pips"):
-        {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official)
+        {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official, args.precision)
+    elif args.what == "large":
+        bench_large(args.large_size, args.corr, args.precision)
     elif args.official:
         raise ValueError(f"--official: only 'raft' and 'pips' time the official code, not {args.what!r}")
     else:
