@@ -2,6 +2,8 @@
 4-device mesh, need exactly the gradient all-reduce (train) and no collective at all (label): no
 permutes, all-to-alls or all-gathers of activations. Once on 4 CPU devices (fast), once for a Cloud
 TPU v5e 2x2 topology through libtpu (what `bench tpu` does for the full configs)."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -42,6 +44,45 @@ def test_data_parallel_steps_need_only_the_gradient_all_reduce(arch):
     assert _kinds(fn.lower(*args).compile().as_text()) == []
 
 
+def test_tpu_compile_of_a_data_parallel_lookup_step_has_no_gathers_and_one_all_reduce():
+    """Compiled for a Cloud TPU v5e 2x2 through libtpu, a data-parallel gradient step through a
+    correlation window lookup and a PIPs feature sample ('auto' picks the two-hot contractions when
+    compiling for a TPU) has neither gathers nor scatters, and needs only the gradient all-reduce."""
+    pytest.importorskip("libtpu")
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from refine_jax.models import lookup
+
+    devices, chip = compile_report.topology("v5e:2x2")
+    mesh = Mesh(np.asarray(devices), ("data",))
+
+    def loss(w, images, xy):
+        f = jax.lax.conv_general_dilated(images, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        b, h, wd, c = f.shape
+        vol = jnp.einsum("bpc,bqc->bpq", f.reshape(b, h * wd, c), f.reshape(b, h * wd, c)).reshape(b * h * wd, h, wd)
+        pts = jnp.broadcast_to(xy, (b * h * wd, 2))
+        win = lookup.window(vol, pts, 2, "auto")
+        feat = jax.vmap(lambda img: lookup.sample_clamped(img, xy[None], "auto"))(f)
+        return jnp.mean(win ** 2) + jnp.mean(feat ** 2)
+
+    step = jax.jit(jax.grad(loss), out_shardings=NamedSharding(mesh, P()))
+    args = (jax.ShapeDtypeStruct((3, 3, 3, 8), jnp.float32, sharding=NamedSharding(mesh, P())),
+            jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.float32, sharding=NamedSharding(mesh, P("data"))),
+            jax.ShapeDtypeStruct((2,), jnp.float32, sharding=NamedSharding(mesh, P())))
+    with lookup.compiling_for("tpu"):
+        compiled = step.lower(*args).compile()
+    hlo = compiled.as_text()
+    assert " gather(" not in hlo and " scatter(" not in hlo
+    assert _kinds(hlo) == ["all-reduce"]
+    row = compile_report.analyse(compiled, chip)
+    assert 0 < row["hbm"] < chip.hbm_bytes and row["flops"] > 0 and row["roofline_s"] > 0
+    with pytest.raises(ValueError, match="unknown chip"):
+        compile_report.topology("v9:2x2")
+
+
+@pytest.mark.skipif(not os.environ.get("REFINE_JAX_TPU_COMPILE_TESTS"),
+                    reason="compiles the whole tiny RAFT train step for a TPU: ~3-5 min on 2 cores; "
+                           "set REFINE_JAX_TPU_COMPILE_TESTS=1")
 def test_tpu_topology_report_for_a_tiny_raft():
     pytest.importorskip("libtpu")
     config, _, size = _tiny("raft_small")
