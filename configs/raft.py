@@ -30,7 +30,7 @@ def get_config(arg=None):
         "arch": "raft_small", "model": {}, "size": (256, 320), "frames": 4, "tracks": 0,
         "seed": 0, "target_videos": 6, "target_shifts": "default",
         "source_videos": 0, "source_frames": 3, "source_eval_videos": 0, "source_seed": 1000, "workers": 1,
-        "pretrain": {"steps": 6000, "batch_size": 8, "lr": 4e-4, "iters": 8, "schedule": "onecycle",
+        "pretrain": {"steps": 4500, "batch_size": 8, "lr": 4e-4, "iters": 8, "schedule": "onecycle",
                      "clip": 1.0, "weight_decay": 1e-4, "gamma": 0.8, "save_every": 250,
                      "keep_checkpoints": 2, "log_every": 50},
         "pretrain_augment": {"enabled": True, "crop": (160, 224), "eraser": 0.5, "vflip": 0.1}})

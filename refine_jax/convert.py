@@ -113,8 +113,9 @@ def load_torch_state_dict(path: str) -> "OrderedDict[str, np.ndarray]":
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or hostile files
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""  # torch's advice would be unsafe here
         raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+                         f"({type(e).__name__}: {first[:200]})") from e
     if isinstance(obj, dict) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]  # PIPs reference format; the optimizer state is ignored
     if not isinstance(obj, dict) or not all(hasattr(v, "numpy") for v in obj.values()):
