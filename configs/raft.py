@@ -49,7 +49,7 @@ def get_config(arg=None):
     # mask the model drifts where there are no labels (fast motion, EPE +9.8 % at >= 16 px/frame,
     # mean EPE +0.4 %); with 'batch_mean' every speed bin improves (mean EPE -3.3 %).
     c.train = ml_collections.ConfigDict({
-        "steps": 100, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0,
+        "steps": 80, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0,
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 8, "gamma": 0.85, "max_flow": 400.0,
         "mask_mode": "batch_mean", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "size": ()})
