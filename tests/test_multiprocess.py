@@ -97,10 +97,16 @@ def test_two_processes_equal_one(setup, tmp_path):
     # evaluation: clips split over the processes, per-pair metrics gathered to process 0
     e1, e2 = (json.loads((w / "eval" / "metrics.json").read_text()) for w in (one, two))
     assert e1["clips"] == e2["clips"] == 4
+    # fractions of pixels under a threshold (1px, cycle_pass, ...) flip a pixel on a 1e-7 difference
+    # of its error: they may differ by a few pixels (measured: 1 in ~200k); the rest are means
+    def close(a, b, key, rel):
+        fraction = key.endswith("px") or key == "cycle_pass"
+        return b == (pytest.approx(a, abs=5e-5) if fraction else pytest.approx(a, rel=rel))
+
     for key, value in e1["before"].items():
-        assert e2["before"][key] == pytest.approx(value, rel=1e-6), key
+        assert close(value, e2["before"][key], key, 1e-6), key
     for key, value in e1["after"].items():
-        assert e2["after"][key] == pytest.approx(value, rel=1e-5), key  # measured 6e-7 (EPE)
+        assert close(value, e2["after"][key], key, 1e-5), key  # measured 6e-7 (EPE)
     assert [s for s, _ in e1["curve"]] == [s for s, _ in e2["curve"]] == [0, 1, 2]
     assert [v for _, v in e2["curve"]] == pytest.approx([v for _, v in e1["curve"]], rel=1e-5)
     assert (two / "eval" / "report.md").exists()
