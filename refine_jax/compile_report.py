@@ -15,6 +15,7 @@ scan loop and the gather-free lookups of 'auto'.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -47,11 +48,16 @@ def topology(name: str) -> Tuple[list, Chip]:
     kind = name.split(":")[0]
     if kind not in CHIPS:
         raise ValueError(f"{name}: unknown chip {kind!r}; expected one of {', '.join(CHIPS)} (e.g. v5e:2x4)")
+    # Only compiling here: several processes may load libtpu at once (by default the first JAX
+    # process on a host holds /tmp/libtpu_lockfile and every other one fails).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(name, "tpu")
-    except Exception as e:  # libtpu missing, or a shape it does not know
-        raise ValueError(f"{name}: cannot describe this TPU topology ({' '.join(str(e).split())[:300]}); "
-                         f"install libtpu with pip install -e '.[tpu]'") from None
+    except Exception as e:  # libtpu missing, locked, or a shape it does not know
+        msg = " ".join(str(e).split())[:300]
+        hint = ("another JAX process loaded libtpu first; start this one with ALLOW_MULTIPLE_LIBTPU_LOAD=1"
+                if "lockfile" in msg else "install libtpu with pip install -e '.[tpu]'")
+        raise ValueError(f"{name}: cannot describe this TPU topology ({msg}); {hint}") from None
     return list(desc.devices), CHIPS[kind]
 
 
