@@ -38,7 +38,7 @@ def test_geometric_augmentation_keeps_flow_consistent():
 def test_tracks_follow_crop_and_flip_and_leave_visibility():
     clip = synthetic.render_video(synthetic.PRESETS["source"], 4, 3, 96, 128, num_tracks=40)
     batch = {"frames": jnp.asarray(clip.frames[None]), "tracks": jnp.asarray(clip.tracks[None]),
-             "visible": jnp.asarray(clip.visible[None])}
+             "visible": jnp.asarray(clip.visible[None]), "track_valid": jnp.ones((1, 40), bool)}
     ac = augment.AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, crop=(64, 64), hflip=1.0, vflip=0.0)
     out = jax.device_get(augment.augment_batch(jax.random.PRNGKey(0), batch, ac))
     tr, vis, fr = out["tracks"][0], out["visible"][0], out["frames"][0]
@@ -51,6 +51,9 @@ def test_tracks_follow_crop_and_flip_and_leave_visibility():
         assert np.abs(col - orig).mean() < 2.0  # the same surface point after crop + flip
     outside = (tr[..., 0] < 0) | (tr[..., 0] > 63) | (tr[..., 1] < 0) | (tr[..., 1] > 63)
     assert not vis[outside].any() and outside.any()
+    # a track whose query (frame 0) the crop cut away is no longer a training target
+    np.testing.assert_array_equal(out["track_valid"][0], ~outside[:, 0])
+    assert 0 < out["track_valid"][0].sum() < 40
 
 
 def test_colour_jitter_ranges_and_asymmetry():
