@@ -54,3 +54,15 @@ def test_taps_only_for_wide_convs_on_cpus_with_bf16_dots(monkeypatch):
     with lookup.compiling_for("tpu"):  # the TPU's native bf16 conv
         assert "convolution" in _ops(precision.TAPS_MIN_CHANNELS, monkeypatch)
 
+
+
+def test_other_convs_keep_the_native_bf16_conv(monkeypatch):
+    """PIPs' 1-D convs over (B, N, C) and 'SAME'-padded convs are not 2-D NHWC with explicit
+    padding: they run XLA's conv, with the same result as without the policy's taps path."""
+    monkeypatch.setattr(precision, "cpu_has_bf16_dots", lambda: True)
+    x = jnp.asarray(RNG.normal(size=(2, 8, precision.TAPS_MIN_CHANNELS)), jnp.float32)
+    with precision.policy("bf16"):
+        for layer in (precision.conv(16, (1,), padding="VALID"), precision.conv(16, (3,), padding="SAME")):
+            variables = layer.init(jax.random.PRNGKey(0), x)
+            assert "convolution" in jax.jit(layer.apply).lower(variables, x).as_text()
+            assert layer.apply(variables, x).dtype == jnp.float32

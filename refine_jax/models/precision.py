@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
 from typing import Iterator, Optional
 
 import flax.linen as nn
@@ -78,13 +77,14 @@ def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
 
 def _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
     from refine_jax.models.lookup import target_platform  # lookup owns the target platform
-    if target_platform() != "cpu" or not cpu_has_bf16_dots() or os.environ.get("REFINE_JAX_CONV_TAPS") == "0":
+    if target_platform() != "cpu" or not cpu_has_bf16_dots():
         return False
     plain = (groups == 1 and lhs.ndim == 4 and not isinstance(padding, str)
              and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
+    if not plain or rhs.shape[2] < TAPS_MIN_CHANNELS:
+        return False
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    return plain and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc \
-        and rhs.shape[2] >= TAPS_MIN_CHANNELS
+    return jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
 
 
 def _taps_conv(x, w, strides, padding):
