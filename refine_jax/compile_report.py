@@ -1,10 +1,11 @@
 """TPU readiness without the hardware: compile a config's label, train and eval steps for a Cloud
-TPU topology on this (CPU) host with libtpu, and report per chip what the compiler says.
+TPU topology on this (CPU) host with libtpu, and report per device what the compiler says.
 
   pip install -e ".[tpu]"      # libtpu from PyPI
   python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--steps=train,label,eval]
 
-For each step: HBM in use per chip (arguments, outputs, temporaries) against the chip's capacity,
+For each step: HBM in use per device (arguments, outputs, temporaries) against its capacity (a chip's,
+or its share of one where a chip holds several devices, as libtpu describes v4: one per TensorCore),
 FLOPs and bytes accessed per step (XLA's cost analysis), every collective of the optimised HLO with
 its kind, size and the JAX operation it came from, and a roofline time max(FLOPs / peak,
 bytes / bandwidth) from the chip's bf16 peak (a lower bound; float32 'highest' products run several
@@ -58,7 +59,16 @@ def topology(name: str) -> Tuple[list, Chip]:
         hint = ("another JAX process loaded libtpu first; start this one with ALLOW_MULTIPLE_LIBTPU_LOAD=1"
                 if "lockfile" in msg else "install libtpu with pip install -e '.[tpu]'")
         raise ValueError(f"{name}: cannot describe this TPU topology ({msg}); {hint}") from None
-    return list(desc.devices), CHIPS[kind]
+    devices = list(desc.devices)
+    return devices, per_device(CHIPS[kind], devices)
+
+
+def per_device(chip: Chip, devices) -> Chip:
+    """A chip's specs per JAX device. libtpu describes a v4 slice with one device per TensorCore
+    (v4:2x2x1 is 8 devices on 4 chips), and those two cores share the chip's HBM and peak."""
+    chips = {tuple(getattr(d, "coords", (i,))) for i, d in enumerate(devices)}
+    cores = max(1, len(devices) // max(1, len(chips)))
+    return Chip(chip.bf16_flops / cores, chip.hbm_bytes / cores, chip.hbm_bandwidth / cores)
 
 
 def collectives(hlo: str) -> List[Dict]:
@@ -77,7 +87,7 @@ def collectives(hlo: str) -> List[Dict]:
 
 
 def analyse(compiled, chip: Chip) -> Dict:
-    """Memory, cost, collectives and the roofline time of one compiled step (per chip)."""
+    """Memory, cost, collectives and the roofline time of one compiled step (per device)."""
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -193,7 +203,7 @@ def report(config, arch: str, topo: str, size: Tuple[int, int], steps=("train", 
                 raise ValueError(f"unknown step {name!r}; expected train, label or eval")
             t0 = time.perf_counter()
             compiled = fn.lower(*args).compile()
-            row = {"step": name, "topology": topo, "chips": mesh.size if name != "eval" else 1,
+            row = {"step": name, "topology": topo, "devices": mesh.size if name != "eval" else 1,
                    "batch": batch, "size": f"{size[0]}x{size[1]}", "compile_s": time.perf_counter() - t0,
                    **analyse(compiled, chip)}
             rows.append(row)
@@ -205,8 +215,8 @@ def summarise(row: Dict) -> str:
     for c in row["collectives"]:
         kinds.setdefault(c["kind"], []).append(c["bytes"])
     coll = ", ".join(f"{len(v)} {k} ({sum(v) / 2 ** 20:.1f} MiB)" for k, v in sorted(kinds.items())) or "none"
-    return (f"{row['step']:<5} {row['topology']} batch {row['batch']} at {row['size']}: HBM/chip "
-            f"{row['hbm'] / 2 ** 30:.2f} GiB ({100 * row['hbm_fraction']:.0f} % of the chip; args "
+    return (f"{row['step']:<5} {row['topology']} batch {row['batch']} at {row['size']}: HBM/device "
+            f"{row['hbm'] / 2 ** 30:.2f} GiB ({100 * row['hbm_fraction']:.0f} % of its share; args "
             f"{row['arguments'] / 2 ** 30:.2f}, temps {row['temporaries'] / 2 ** 30:.2f}, out "
             f"{row['outputs'] / 2 ** 30:.2f}) | {row['flops']:.3g} FLOPs, {row['bytes']:.3g} B | roofline "
             f"{1000 * row['roofline_s']:.1f} ms | collectives: {coll} | compiled in {row['compile_s']:.0f} s")

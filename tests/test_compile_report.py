@@ -87,10 +87,23 @@ def test_tpu_topology_report_for_a_tiny_raft():
     pytest.importorskip("libtpu")
     config, _, size = _tiny("raft_small")
     (row,) = compile_report.report(config, "raft_small", "v5e:2x2", size, ("train",))
-    assert row["chips"] == 4 and row["batch"] == 4
+    assert row["devices"] == 4 and row["batch"] == 4
     assert {c["kind"] for c in row["collectives"]} == {"all-reduce"}
     assert 0 < row["hbm"] < compile_report.CHIPS["v5e"].hbm_bytes and row["flops"] > 0 and row["roofline_s"] > 0
     assert "all-reduce" in compile_report.summarise(row)
     with pytest.raises(ValueError, match="unknown chip"):
         compile_report.topology("v9:2x2")
     assert checkpoints.with_runtime(models.model_config("pips"), {"corr": "alt"}).arch == "pips"
+
+
+def test_v4_devices_are_tensorcores_that_share_a_chip():
+    """libtpu describes v4:2x2x1 (4 chips) as 8 devices, one per TensorCore: each has half a chip's
+    HBM and peak, while a v5e chip is one device."""
+    pytest.importorskip("libtpu")
+    devices, core = compile_report.topology("v4:2x2x1")
+    v4 = compile_report.CHIPS["v4"]
+    assert len(devices) == 8
+    assert (core.hbm_bytes, core.bf16_flops, core.hbm_bandwidth) == (v4.hbm_bytes / 2, v4.bf16_flops / 2,
+                                                                     v4.hbm_bandwidth / 2)
+    devices, chip = compile_report.topology("v5e:2x2")
+    assert len(devices) == 4 and chip == compile_report.CHIPS["v5e"]
