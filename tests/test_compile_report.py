@@ -5,6 +5,7 @@ TPU v5e 2x2 topology through libtpu (what `bench tpu` does for the full configs)
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh
@@ -49,7 +50,6 @@ def test_tpu_compile_of_a_data_parallel_lookup_step_has_no_gathers_and_one_all_r
     correlation window lookup and a PIPs feature sample ('auto' picks the two-hot contractions when
     compiling for a TPU) has neither gathers nor scatters, and needs only the gradient all-reduce."""
     pytest.importorskip("libtpu")
-    import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
     from refine_jax.models import lookup
 
@@ -107,3 +107,17 @@ def test_v4_devices_are_tensorcores_that_share_a_chip():
                                                                      v4.hbm_bandwidth / 2)
     devices, chip = compile_report.topology("v5e:2x2")
     assert len(devices) == 4 and chip == compile_report.CHIPS["v5e"]
+
+
+def test_matmul_flops_count_every_loop_iteration_forward_and_backward():
+    """XLA's cost analysis counts a loop body once; the report's count has every iteration."""
+    w, x = jnp.ones((8, 8)), jnp.ones((4, 8))
+
+    def f(w, x):
+        c, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)
+        return c.sum()
+    # forward c @ w, backward dz @ c^T and dz @ w^T: 3 products of 2*4*8*8 per iteration
+    assert compile_report.matmul_flops(jax.make_jaxpr(jax.jit(jax.grad(f)))(w, x)) == 5 * 3 * 2 * 4 * 8 * 8
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert compile_report.matmul_flops(jax.make_jaxpr(conv)(jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 16)))) \
+        == 2 * (2 * 10 * 10 * 16) * (3 * 3 * 3)
