@@ -219,6 +219,19 @@ DATA_SIZES = {("raft", ""): (436, 1024), ("raft", "sintel"): (436, 1024), ("pips
               ("pips", "horse10"): (256, 448), ("pips", "tapvid_davis"): (256, 256), ("pips", ""): (256, 256)}
 
 
+def compile_step(fn, args):
+    """(compiled step or None, seconds, None or the compiler's one-line reason when the step does
+    not fit the device's memory)."""
+    import time
+    t0 = time.perf_counter()
+    try:
+        return fn.lower(*args).compile(), time.perf_counter() - t0, None
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return None, time.perf_counter() - t0, " ".join(str(e).split())[:300]
+
+
 def report(config, arch: str, topo: str, size: Tuple[int, int], steps=("train", "label", "eval")) -> List[Dict]:
     """Compile each step for the topology; one row per step (see `analyse`)."""
     import time
@@ -236,23 +249,27 @@ def report(config, arch: str, topo: str, size: Tuple[int, int], steps=("train", 
                 fn, args, batch = eval_step(model_cfg, config, devices[0], size)
             else:
                 raise ValueError(f"unknown step {name!r}; expected train, label or eval")
-            t0 = time.perf_counter()
-            compiled = fn.lower(*args).compile()
-            compile_s = time.perf_counter() - t0
             devices_used = mesh.size if name != "eval" else 1
-            flops = matmul_flops(jax.make_jaxpr(fn)(*args)) / devices_used
             row = {"step": name, "topology": topo, "devices": devices_used, "batch": batch,
-                   "size": f"{size[0]}x{size[1]}", "compile_s": compile_s, **analyse(compiled, chip, flops)}
-            rows.append(row)
+                   "size": f"{size[0]}x{size[1]}"}
+            compiled, row["compile_s"], error = compile_step(fn, args)
+            if compiled is None:
+                rows.append({**row, "error": error})
+                continue
+            flops = matmul_flops(jax.make_jaxpr(fn)(*args)) / devices_used
+            rows.append({**row, **analyse(compiled, chip, flops)})
     return rows
 
 
 def summarise(row: Dict) -> str:
+    head = f"{row['step']:<5} {row['topology']} batch {row['batch']} at {row['size']}: "
+    if "error" in row:
+        return head + f"DOES NOT FIT ({row['error']}) | compiled in {row['compile_s']:.0f} s"
     kinds: Dict[str, List[int]] = {}
     for c in row["collectives"]:
         kinds.setdefault(c["kind"], []).append(c["bytes"])
     coll = ", ".join(f"{len(v)} {k} ({sum(v) / 2 ** 20:.1f} MiB)" for k, v in sorted(kinds.items())) or "none"
-    return (f"{row['step']:<5} {row['topology']} batch {row['batch']} at {row['size']}: HBM/device "
+    return (head + "HBM/device "
             f"{row['hbm'] / 2 ** 30:.2f} GiB ({100 * row['hbm_fraction']:.0f} % of its share; args "
             f"{row['arguments'] / 2 ** 30:.2f}, temps {row['temporaries'] / 2 ** 30:.2f}, out "
             f"{row['outputs'] / 2 ** 30:.2f}) | {row['flops']:.3g} conv/matmul FLOPs ({row['xla_flops']:.3g} by "

@@ -121,3 +121,16 @@ def test_matmul_flops_count_every_loop_iteration_forward_and_backward():
     conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert compile_report.matmul_flops(jax.make_jaxpr(conv)(jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 16)))) \
         == 2 * (2 * 10 * 10 * 16) * (3 * 3 * 3)
+
+
+def test_a_step_that_does_not_fit_is_reported_not_raised():
+    pytest.importorskip("libtpu")
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    devices, chip = compile_report.topology("v5e:2x2")
+    one = NamedSharding(Mesh(np.asarray(devices[:1]), ("data",)), P())
+    n = 80_000  # an 80000^2 float32 output: 25.6 GB, more than a v5e chip's 16 GB
+    fn = jax.jit(lambda x: x[:, None] * x[None, :])
+    compiled, seconds, error = compile_report.compile_step(fn, (jax.ShapeDtypeStruct((n,), jnp.float32, sharding=one),))
+    assert compiled is None and seconds > 0 and "RESOURCE_EXHAUSTED" in error
+    row = {"step": "train", "topology": "v5e:2x2", "batch": 1, "size": "8x8", "compile_s": seconds, "error": error}
+    assert "DOES NOT FIT" in compile_report.summarise(row)
