@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -232,33 +232,36 @@ def compile_step(fn, args):
         return None, time.perf_counter() - t0, " ".join(str(e).split())[:300]
 
 
-def report(config, arch: str, topo: str, size: Tuple[int, int], steps=("train", "label", "eval")) -> List[Dict]:
-    """Compile each step for the topology; one row per step (see `analyse`)."""
-    import time
+def report(config, arch: str, topo: str, size: Tuple[int, int],
+           steps=("train", "label", "eval")) -> Iterator[Dict]:
+    """Compile each step for the topology; one row per step (see `analyse`), yielded as it is done."""
     devices, chip = topology(topo)
     mesh = Mesh(np.asarray(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     model_cfg = checkpoints.with_runtime(models.model_config(arch), config.get("runtime"))
-    rows = []
-    with lookup.compiling_for("tpu"):
-        for name in steps:
-            if name == "train":
-                fn, args, batch = train_step(model_cfg, config, mesh, tuple(config.train.get("size") or size))
-            elif name == "label":
-                fn, args, batch = label_step(model_cfg, config, mesh, size)
-            elif name == "eval":
-                fn, args, batch = eval_step(model_cfg, config, devices[0], size)
-            else:
-                raise ValueError(f"unknown step {name!r}; expected train, label or eval")
-            devices_used = mesh.size if name != "eval" else 1
-            row = {"step": name, "topology": topo, "devices": devices_used, "batch": batch,
-                   "size": f"{size[0]}x{size[1]}"}
-            compiled, row["compile_s"], error = compile_step(fn, args)
-            if compiled is None:
-                rows.append({**row, "error": error})
-                continue
-            flops = matmul_flops(jax.make_jaxpr(fn)(*args)) / devices_used
-            rows.append({**row, **analyse(compiled, chip, flops)})
-    return rows
+    for name in steps:
+        with lookup.compiling_for("tpu"):  # entered per step: a suspended generator must not leak it
+            row = _step_row(name, topo, model_cfg, config, mesh, devices, chip, size)
+        yield row
+
+
+def _step_row(name, topo, model_cfg, config, mesh, devices, chip, size) -> Dict:
+    if name == "train":
+        size = tuple(config.train.get("size") or size)  # a preset may train on other frames
+        fn, args, batch = train_step(model_cfg, config, mesh, size)
+    elif name == "label":
+        fn, args, batch = label_step(model_cfg, config, mesh, size)
+    elif name == "eval":
+        fn, args, batch = eval_step(model_cfg, config, devices[0], size)
+    else:
+        raise ValueError(f"unknown step {name!r}; expected train, label or eval")
+    devices_used = mesh.size if name != "eval" else 1
+    row = {"step": name, "topology": topo, "devices": devices_used, "batch": batch,
+           "size": f"{size[0]}x{size[1]}"}
+    compiled, row["compile_s"], error = compile_step(fn, args)
+    if compiled is None:
+        return {**row, "error": error}
+    flops = matmul_flops(jax.make_jaxpr(fn)(*args)) / devices_used
+    return {**row, **analyse(compiled, chip, flops)}
 
 
 def summarise(row: Dict) -> str:
