@@ -4,15 +4,16 @@ TPU topology on this (CPU) host with libtpu, and report per device what the comp
   pip install -e ".[tpu]"      # libtpu from PyPI
   python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--steps=train,label,eval]
 
-For each step: HBM in use per device (arguments, outputs, temporaries) against its capacity (a chip's,
-or its share of one where a chip holds several devices, as libtpu describes v4: one per TensorCore),
-the convolution and matmul FLOPs per step counted from the traced program with every loop iteration
-(XLA's cost analysis counts a loop body once: its FLOPs and bytes are printed too), every
-collective of the optimised HLO with its kind, size and the JAX operation it came from, and a
+For each step: HBM in use per device (arguments, outputs, temporaries) against its capacity (a
+chip's, or its share of one where a chip holds several devices, as libtpu describes v4: one per
+TensorCore); the convolution and matmul FLOPs per step, counted from the traced program with every
+scan iteration (XLA's cost analysis counts a loop body once; its FLOPs and bytes are printed too);
+every collective of the optimised HLO with its kind, size and the JAX operation it came from; and a
 roofline time max(FLOPs / peak, bytes / bandwidth) from the chip's bf16 peak (a lower bound: XLA's
-bytes have loop bodies once, and float32 'highest' products run several bf16 passes). The steps are the real ones of the stages (trainer.make_train_step, the labelers'
-jitted functions, the eval tracker), traced as for a TPU (lookup.compiling_for): the accelerator's
-scan loop and the gather-free lookups of 'auto'.
+bytes have loop bodies once, and float32 'highest' products run several bf16 passes). The steps are
+the real ones of the stages (trainer.make_train_step, the labelers' jitted functions, the eval
+tracker), traced as for a TPU (lookup.compiling_for): the accelerator's scan loop and the
+gather-free lookups of 'auto'.
 """
 from __future__ import annotations
 
@@ -88,9 +89,10 @@ def collectives(hlo: str) -> List[Dict]:
 
 
 def matmul_flops(jaxpr) -> float:
-    """FLOPs of the convolutions and dot products of a (closed) jaxpr, loop bodies times their
-    trip counts: XLA's cost analysis counts a loop body once, which undercounts RAFT's 12-32 and
-    PIPs' 4-6 scanned iterations several-fold. Elementwise work is left out (small beside these)."""
+    """FLOPs of the convolutions and dot products of a (closed) jaxpr, scan bodies times their
+    lengths: XLA's cost analysis counts a loop body once, which undercounts RAFT's 12-32 and PIPs'
+    4-6 scanned iterations several-fold. A while loop, whose trip count is not static, counts once;
+    a cond counts its costliest branch. Elementwise work is left out (small beside these)."""
     from jax.extend import core as jex_core
     total = 0.0
     for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:

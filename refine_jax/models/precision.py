@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from refine_jax.models import lookup  # owns the platform being compiled for
+
 POLICIES = ("highest", "bf16")
 _CURRENT = contextvars.ContextVar("refine_jax_precision", default="highest")
 
@@ -76,8 +78,7 @@ def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
 
 
 def _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
-    from refine_jax.models.lookup import target_platform  # lookup owns the target platform
-    if target_platform() != "cpu" or not cpu_has_bf16_dots():
+    if lookup.target_platform() != "cpu" or not cpu_has_bf16_dots():
         return False
     plain = (groups == 1 and lhs.ndim == 4 and not isinstance(padding, str)
              and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
