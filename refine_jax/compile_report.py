@@ -185,7 +185,7 @@ def label_step(model_cfg, config, mesh, size, iters: Optional[int] = None):
     h, w = size
     if model_cfg.arch == "pips":
         cfg = dataclasses.replace(model_cfg, stride=lc.stride)
-        fn = generate._track_label_fn(cfg, iters or lc.iters or 6, mesh)
+        fn = generate._track_label_fn(cfg, iters or lc.iters or 6, mesh, lc.query_chunk)
         return fn, (variables, jax.ShapeDtypeStruct((batch, cfg.S, h, w, 3), jnp.float32, sharding=bat),
                     jax.ShapeDtypeStruct((batch, lc.max_queries, 2), jnp.float32, sharding=bat),
                     jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)), batch
@@ -222,16 +222,17 @@ DATA_SIZES = {("raft", ""): (436, 1024), ("raft", "sintel"): (436, 1024), ("pips
 
 
 def compile_step(fn, args):
-    """(compiled step or None, seconds, None or the compiler's one-line reason when the step does
-    not fit the device's memory)."""
+    """(compiled step or None, its jaxpr, seconds, None or the compiler's one-line reason when the
+    step does not fit the device's memory). One trace serves both the compile and the FLOP count."""
     import time
     t0 = time.perf_counter()
+    traced = fn.trace(*args)
     try:
-        return fn.lower(*args).compile(), time.perf_counter() - t0, None
+        return traced.lower().compile(), traced.jaxpr, time.perf_counter() - t0, None
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
-        return None, time.perf_counter() - t0, " ".join(str(e).split())[:300]
+        return None, traced.jaxpr, time.perf_counter() - t0, " ".join(str(e).split())[:300]
 
 
 def report(config, arch: str, topo: str, size: Tuple[int, int],
@@ -259,10 +260,10 @@ def _step_row(name, topo, model_cfg, config, mesh, devices, chip, size) -> Dict:
     devices_used = mesh.size if name != "eval" else 1
     row = {"step": name, "topology": topo, "devices": devices_used, "batch": batch,
            "size": f"{size[0]}x{size[1]}"}
-    compiled, row["compile_s"], error = compile_step(fn, args)
+    compiled, jaxpr, row["compile_s"], error = compile_step(fn, args)
     if compiled is None:
         return {**row, "error": error}
-    flops = matmul_flops(jax.make_jaxpr(fn)(*args)) / devices_used
+    flops = matmul_flops(jaxpr) / devices_used
     return {**row, **analyse(compiled, chip, flops)}
 
 

@@ -130,7 +130,9 @@ def test_a_step_that_does_not_fit_is_reported_not_raised():
     one = NamedSharding(Mesh(np.asarray(devices[:1]), ("data",)), P())
     n = 80_000  # an 80000^2 float32 output: 25.6 GB, more than a v5e chip's 16 GB
     fn = jax.jit(lambda x: x[:, None] * x[None, :])
-    compiled, seconds, error = compile_report.compile_step(fn, (jax.ShapeDtypeStruct((n,), jnp.float32, sharding=one),))
+    compiled, jaxpr, seconds, error = compile_report.compile_step(
+        fn, (jax.ShapeDtypeStruct((n,), jnp.float32, sharding=one),))
     assert compiled is None and seconds > 0 and "RESOURCE_EXHAUSTED" in error
+    assert "mul" in [e.primitive.name for e in jaxpr.eqns]  # the step's trace still comes back
     row = {"step": "train", "topology": "v5e:2x2", "batch": 1, "size": "8x8", "compile_s": seconds, "error": error}
     assert "DOES NOT FIT" in compile_report.summarise(row)

@@ -123,3 +123,37 @@ def test_labels_written_to_a_url_equal_local_ones(recipe_pth, videos, tmp_path):
         with fs.open_file(f"{url}/labels/{name}", "rb") as f:
             assert f.read() == data, name
     assert m["files"] == local_manifest["files"] == fs.read_json(f"{url}/labels/manifest.json")["files"]
+
+
+def test_auto_query_chunk_bounds_the_correlation_volumes():
+    assert generate.auto_query_chunk(256, 8, (64, 64)) == 256               # 33 MB: all at once
+    assert generate.auto_query_chunk(9216, 8, (192, 320)) == 512            # CroHD: 18 GB at once
+    assert generate.auto_query_chunk(9216, 8, (192, 320)) * 8 * 192 * 320 * 4 <= generate.CORR_BUDGET_BYTES
+    assert generate.auto_query_chunk(10 ** 6, 8, (1080, 1920)) == 128      # never below 128
+
+
+def test_queries_tracked_in_chunks_equal_all_at_once(converted):
+    """Chunking (a ragged last chunk, on a 2-device mesh) changes memory, not the labels: each chunk
+    gives exactly what tracking its queries alone gives, and one iteration matches all at once
+    within float reassociation. (Over more iterations the random-weight model amplifies the last
+    bit of any change in matmul shapes: 4 px after 6, with or without chunks.)"""
+    from refine_jax import parallel
+    cfg, variables = converted("pips")
+    mesh = parallel.make_mesh(2)
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(0, 255, (2, cfg.S, 128, 128, 3)).astype(np.float32)
+    xys = rng.uniform(4, 124, (2, 10, 2)).astype(np.float32)
+    b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    v, f, tau = parallel.put(variables, r), parallel.put(frames, b), parallel.put(np.float32(2.0), r)
+    run = lambda iters, chunk, q: [np.asarray(x, np.float32) for x in  # noqa: E731
+                                   generate._track_label_fn(cfg, iters, mesh, chunk)(v, f, parallel.put(q, b), tau)]
+    whole, chunked = run(1, 0, xys), run(1, 4, xys)
+    for a, c in zip(whole, chunked):
+        assert a.shape == c.shape
+        np.testing.assert_allclose(c, a, atol=1e-4)
+    chunked = run(2, 4, xys)
+    for ids in ([0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]):  # the last chunk is padded with query 0
+        alone = run(2, 0, np.ascontiguousarray(xys[:, ids]))
+        real = [i for i in ids if i >= ids[0]]
+        for a, c, axis in zip(alone, chunked, (2, 2, 1, 1)):
+            np.testing.assert_array_equal(np.take(c, real, axis), np.take(a, range(len(real)), axis))

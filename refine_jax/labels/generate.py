@@ -44,7 +44,8 @@ class LabelConfig:
     """Labelling settings (config.label). Flow: alpha, beta, color_thresh, max_flow, color_noise,
     color_gain (labels/cycle.py). Tracks: tau,
     grid (points per side), densify_window (0 = off), use_gt_points, window_hop, stride, speed_bins
-    (px/frame), cap_per_bin (0 = no cap), min_speed, max_queries (padded query count per window)."""
+    (px/frame), cap_per_bin (0 = no cap), min_speed, max_queries (padded query count per window),
+    query_chunk (queries tracked at once; 0 = as many as `auto_query_chunk` allows)."""
     out: str = "labels"
     batch: int = 8
     iters: int = 0             # 0: the model's reference count (RAFT 32, PIPs 6)
@@ -64,6 +65,7 @@ class LabelConfig:
     cap_per_bin: int = 0
     min_speed: float = 0.0
     max_queries: int = 512
+    query_chunk: int = 0
     num_devices: int = 0       # 0: all devices (of this process)
     seed: int = 0
     rounds: int = 1            # label-and-train rounds; the loop is in main.py
@@ -177,17 +179,55 @@ class FlowLabeler:
 
 # ------------------------------------------------------------------------------------------ tracks
 
+# The level-0 correlation volumes of one chunk of queries: queries x S x (H/stride) x (W/stride)
+# float32. PIPs tracks every query independently, so chunking changes memory, not the tracks.
+CORR_BUDGET_BYTES = 1 << 30
+
+
+def auto_query_chunk(n: int, s: int, fmap_hw: Tuple[int, int], budget: int = CORR_BUDGET_BYTES) -> int:
+    """The queries to track at once: all n when their level-0 correlation volumes (n x s x h x w
+    float32) fit `budget` bytes, else the largest multiple of 128 (at least 128) that does.
+    CroHD (9216 queries, 8 frames, 192x320 maps at stride 4): 18 GB at once, 512 per chunk."""
+    per_query = s * fmap_hw[0] * fmap_hw[1] * 4
+    if n * per_query <= budget:
+        return n
+    return max(128, budget // per_query // 128 * 128)
+
+
+def _merge_chunks(stacked, axis: int, n: int):
+    """(m, ...) outputs of m query chunks, whose query axis is `axis` in each chunk's output ->
+    one output with the first n queries along that axis."""
+    o = jnp.moveaxis(stacked, 0, axis)                        # (..., m, chunk, ...)
+    o = o.reshape(o.shape[:axis] + (o.shape[axis] * o.shape[axis + 1],) + o.shape[axis + 2:])
+    return jax.lax.slice_in_dim(o, 0, n, axis=axis)
+
+
 @functools.lru_cache(maxsize=8)
-def _track_label_fn(cfg: PipsConfig, iters: int, mesh):
-    """The jitted forward + time-reversed tracking + check, shared like `_flow_label_fn`."""
+def _track_label_fn(cfg: PipsConfig, iters: int, mesh, query_chunk: int = 0):
+    """The jitted forward + time-reversed tracking + check, shared like `_flow_label_fn`.
+
+    (variables, frames (B, S, H, W, 3), xys (B, N, 2) px, tau) -> (coords (B, S, N, 2) px,
+    visible (B, S, N), keep (B, N), cycle error). The queries go through the tracker in chunks of
+    `query_chunk` (0: `auto_query_chunk`), one after another, so memory is bounded for any N."""
     model = Pips(cfg)
 
-    def fn(variables, frames, xys, tau):
-        fmaps = model.apply(variables, frames, method=Pips.encode)  # reversed clip: reversed fmaps
+    def track(variables, fmaps, xys, tau):
         fwd = model.apply(variables, fmaps, xys, iters, method=Pips.track)
         bwd = model.apply(variables, fmaps[:, ::-1], fwd["coords"][:, -1], iters, method=Pips.track)
         keep, err = cycle.track_cycle_check(fwd["coords"], bwd["coords"][:, ::-1], tau)
         return fwd["coords"], jax.nn.sigmoid(fwd["vis_logits"]) > 0.5, keep, err
+
+    def fn(variables, frames, xys, tau):
+        fmaps = model.apply(variables, frames, method=Pips.encode)  # reversed clip: reversed fmaps
+        b, n = xys.shape[:2]
+        c = min(n, query_chunk or auto_query_chunk(n, fmaps.shape[1], fmaps.shape[2:4]))
+        if c == n:
+            return track(variables, fmaps, xys, tau)
+        m = -(-n // c)
+        padded = jnp.concatenate([xys, jnp.broadcast_to(xys[:, :1], (b, m * c - n, 2))], 1)
+        chunks = padded.reshape(b, m, c, 2).swapaxes(0, 1)                  # (m, B, c, 2)
+        outs = jax.lax.map(lambda q: track(variables, fmaps, q, tau), chunks)
+        return tuple(_merge_chunks(o, axis, n) for o, axis in zip(outs, (2, 2, 1, 1)))
 
     b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     return jax.jit(fn, in_shardings=(r, b, b, r), out_shardings=(b, b, b, b))
@@ -200,7 +240,7 @@ class TrackLabeler:
         self.cfg = dataclasses.replace(cfg, stride=lc.stride)
         self.variables, self.lc, self.mesh = variables, lc, mesh
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        jitted = _track_label_fn(self.cfg, lc.iters or 6, mesh)
+        jitted = _track_label_fn(self.cfg, lc.iters or 6, mesh, lc.query_chunk)
         self.variables = parallel.put(variables, r)
         tau = parallel.put(np.float32(lc.tau), r)
         self.fn = lambda v, frames, xys: jitted(v, parallel.put(frames, b), parallel.put(xys, b), tau)
