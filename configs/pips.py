@@ -7,7 +7,8 @@ trained on the ground-truth tracks, and the query points held still:
   python -m refine_jax.main --config=configs/pips.py
 Reference recipes (init = the PIPs reference checkpoint or a converted folder; data = shards of the
 benchmark with ground truth, see refine_jax.data.benchmarks):
-  :crohd         768x1280 labels, 8 frames at stride 3, 24x24 dense windows around moving heads,
+  :crohd         768x1280 labels, 8 frames at stride 3, 24x24 dense windows around moving heads
+                 (up to 9216 queries, tracked 512 at a time: label.query_chunk 0 = auto),
                  tau 1.5 px; train 512x852, 5000 micro-steps (625 updates of 8), cosine T_max 825,
                  lr 1e-5, clip 5, no augmentation, score-map loss on, vis loss off
   :horse10       256x448, 40x40 windows around keypoints, tau 3 px, mean speed > 5 px,
