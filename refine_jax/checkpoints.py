@@ -33,16 +33,20 @@ class LoadedModel:
         return self.cfg.arch
 
 
-def save_model(out_dir, cfg, variables, provenance: dict) -> None:
-    """Save variables + config + provenance into `out_dir` (must not exist yet); atomic. With
-    several processes every one calls it (Orbax writes collectively); the main one renames."""
+def save_model(out_dir, cfg, variables, provenance: dict, replace: bool = False) -> None:
+    """Save variables + config + provenance into `out_dir`; atomic. It must not exist yet unless
+    `replace`, when the complete new folder takes the old one's place (the old one is deleted
+    only after). With several processes every one calls it (Orbax writes collectively); the main
+    one renames."""
     out = epath.Path(out_dir)
-    if out.exists():
+    if out.exists() and not replace:
         raise FileExistsError(f"{out}: already exists; choose a new output folder")
     tmp = out.parent / f".{out.name}.tmp"
+    old = out.parent / f".{out.name}.old"
     if parallel.is_main_process():
-        if tmp.exists():  # left by an interrupted save
-            tmp.rmtree()
+        for leftover in (tmp, old):  # left by an interrupted save
+            if leftover.exists():
+                leftover.rmtree()
         tmp.mkdir(parents=True)
     parallel.barrier(f"save_model {out}: folder")
     with ocp.StandardCheckpointer() as ckptr:
@@ -51,7 +55,11 @@ def save_model(out_dir, cfg, variables, provenance: dict) -> None:
     if parallel.is_main_process():
         fs.write_json_atomic(os.fspath(tmp / MODEL_JSON), {"arch": cfg.arch, "model": cfg.to_dict(),
                                               "provenance": provenance})
+        if out.exists():
+            out.rename(old)
         tmp.rename(out)
+        if old.exists():
+            old.rmtree()
     parallel.barrier(f"save_model {out}: renamed")
 
 

@@ -73,6 +73,22 @@ def test_kill9_resume_is_bit_exact(setup, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_extending_a_finished_run_exports_the_longer_model(setup, tmp_path):
+    """A finished run resumed with more steps trains on and replaces its exported model; resumed
+    with the same steps it keeps it. (It used to keep the old model without a word.)"""
+    w = str(tmp_path / "w")
+    run = lambda steps: trainer.run(ml_collections.ConfigDict(  # noqa: E731
+        _cfg(setup, steps=steps, num_devices=1, schedule_steps=4)), w, progress=False)
+    assert run(2)["step"] == 2
+    first, mtime = _params(os.path.join(w, "model")), os.path.getmtime(os.path.join(w, "model", "model.json"))
+    run(2)
+    assert os.path.getmtime(os.path.join(w, "model", "model.json")) == mtime
+    assert run(4)["step"] == 4
+    assert checkpoints.load_model(os.path.join(w, "model")).provenance["steps"] == 4
+    assert any(not np.array_equal(v, first[k]) for k, v in _params(os.path.join(w, "model")).items())
+    assert not [n for n in os.listdir(w) if n.startswith(".model")]  # no temporary or old folder left
+
+
 def test_sigterm_saves_at_next_step_and_exits_zero(setup, tmp_path):
     p = _run_sub(_cfg(setup, steps=400, save_every=1000), str(tmp_path / "w"), tmp_path)
     deadline = time.time() + 300

@@ -185,6 +185,12 @@ class _Preempted:
         signal.signal(signal.SIGTERM, self._old)
 
 
+def _exported_steps(model_dir: str) -> Optional[int]:
+    """The step count of the model already exported to model_dir, or None when there is none."""
+    path = os.path.join(model_dir, checkpoints.MODEL_JSON)
+    return fs.read_json(path)["provenance"].get("steps") if fs.exists(path) else None
+
+
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
     """Train from `init` (default config.init) on the configured shards; resume if WORKDIR has
     checkpoints. Returns {'step', 'loss', 'model': exported checkpoint folder, 'preempted'}."""
@@ -271,11 +277,11 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             bar.close()
     model_dir = os.path.join(workdir, "model")
     parallel.barrier("train: before export")  # every process sees the same model_dir
-    if not fs.exists(model_dir):
+    if _exported_steps(model_dir) != int(state.step):  # none yet, or from a run since extended
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
         checkpoints.save_model(model_dir, model_cfg, parallel.to_host(variables),
                                {"trained_from": fs.abspath(init), "steps": int(state.step),
-                                "init_provenance": loaded.provenance})
+                                "init_provenance": loaded.provenance}, replace=True)
     return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
 
 
