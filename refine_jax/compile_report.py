@@ -236,11 +236,12 @@ def compile_step(fn, args):
 
 
 def report(config, arch: str, topo: str, size: Tuple[int, int],
-           steps=("train", "label", "eval")) -> Iterator[Dict]:
-    """Compile each step for the topology; one row per step (see `analyse`), yielded as it is done."""
+           steps=("train", "label", "eval"), model: Optional[Dict] = None) -> Iterator[Dict]:
+    """Compile each step for the topology; one row per step (see `analyse`), yielded as it is done.
+    `model` overrides the architecture's published widths (e.g. a reduced PIPs)."""
     devices, chip = topology(topo)
     mesh = Mesh(np.asarray(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    model_cfg = checkpoints.with_runtime(models.model_config(arch), config.get("runtime"))
+    model_cfg = checkpoints.with_runtime(models.model_config(arch, model), config.get("runtime"))
     for name in steps:
         with lookup.compiling_for("tpu"):  # entered per step: a suspended generator must not leak it
             row = _step_row(name, topo, model_cfg, config, mesh, devices, chip, size)
