@@ -6,14 +6,15 @@
 
 Every cell (shift, severity, seed) runs the config's demo stages on a procedural target with only
 that shift at that severity ('default': every shift of the demo's combined target at it) and
-target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a finished cell is read back, so the study
-resumes. Then it prints, per shift and severity, the primary metric of the trivial baseline, the
+target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a cell finished with the same config and
+model is read back, so the study resumes (another config or model in the same folder is refused). Then it prints, per shift and severity, the primary metric of the trivial baseline, the
 model before and after refinement and the oracle (mean +- std over seeds), the relative change,
 and how many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 from typing import Dict, List
 
@@ -43,17 +44,58 @@ def shift_spec(shift: str, severity: float) -> str:
     return f"{shift}:{severity:g}"
 
 
-def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> dict:
-    """One cell's eval metrics (running the stages unless its metrics.json exists)."""
+CELL_JSON = "cell.json"
+
+
+def cell_config(config, shift: str, severity: float, seed: int):
+    """The config one cell runs: the study's, with the cell's target shift and seed."""
+    c = copy.deepcopy(config)
+    c.demo.target_shifts = shift_spec(shift, severity)
+    c.demo.seed = seed
+    c.eval.curve = False
+    return c
+
+
+def cell_key(config, workdir: str) -> dict:
+    """What a cell's results depend on: its config (with the model path it resolves to in
+    `workdir`) and the sha256 of that model's weights."""
+    from refine_jax import checkpoints
     from refine_jax import main as main_lib
-    path = os.path.join(workdir, "eval", "metrics.json")
+    c = main_lib.resolve(copy.deepcopy(config), workdir)
+    init = c.init.rstrip("/")
+    weights = os.path.join(init, checkpoints.VARIABLES) if fs.isdir(init) else init
+    return {"config": json.loads(c.to_json()),
+            "model_sha256": checkpoints.fingerprint(weights) if fs.exists(weights) else None}
+
+
+def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> dict:
+    """One cell's eval metrics: read back when the cell finished with the same config and model,
+    else run. A cell folder left by another config or model is an error, not a silent reuse."""
+    from refine_jax import main as main_lib
+    c = cell_config(config, shift, severity, seed)
+    path, key_path = os.path.join(workdir, "eval", "metrics.json"), os.path.join(workdir, CELL_JSON)
+    key = cell_key(c, workdir)
+    if fs.exists(key_path) or fs.exists(path):
+        old = fs.read_json(key_path) if fs.exists(key_path) else None
+        if old != key:
+            raise ValueError(f"{workdir}: this study cell was run with another config or model "
+                             f"({_first_difference(old, key)}); pass a new --workdir or delete the folder")
+    else:
+        fs.makedirs(workdir)
+        fs.write_json_atomic(key_path, key)
     if not fs.exists(path):
-        c = copy.deepcopy(config)
-        c.demo.target_shifts = shift_spec(shift, severity)
-        c.demo.seed = seed
-        c.eval.curve = False
         main_lib.run(c, workdir)
     return fs.read_json(path)
+
+
+def _first_difference(old, new, prefix="") -> str:
+    if old is None:
+        return "it records no cell.json"
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                return _first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"
 
 
 def summarise(cells: Dict[tuple, dict]) -> List[dict]:

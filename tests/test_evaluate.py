@@ -72,3 +72,25 @@ def test_study_cells_and_summary():
     assert fog["improved"] == 1 and fog["seeds"] == 2 and np.isclose(fog["change_pct_mean"], 0.0)
     assert np.isclose(fog["after_std"], 0.2) and np.isclose(fog["oracle_mean"], 1.5)
     assert "| fog | 1 | 9.0000 ± 0.0000 | 2.0000 ± 0.0000 | 2.0000 ± 0.2000 |" in study.table(rows)
+
+
+def test_a_study_cell_is_read_back_only_for_the_same_config_and_model(tmp_path):
+    """A finished cell is reused when its config and model are the same; a folder left by another
+    config (or one that records none) is refused with the first difference named, never reused."""
+    import pytest
+    from refine_jax import cli, fs
+    config = cli.load_config("configs/raft.py")
+    wd = str(tmp_path / "fog_1" / "seed0")
+    key = study.cell_key(study.cell_config(config, "fog", 1.0, 0), wd)
+    assert key["model_sha256"] and key["config"]["demo"]["target_shifts"] == "fog:1"
+    fs.makedirs(f"{wd}/eval")
+    fs.write_json_atomic(f"{wd}/cell.json", key)
+    fs.write_json_atomic(f"{wd}/eval/metrics.json", {"primary": "epe", "before": {"epe": 2.0}})
+    assert study.run_cell(config, wd, "fog", 1.0, 0)["before"] == {"epe": 2.0}
+    other = cli.load_config("configs/raft.py")
+    other.train.steps = 40
+    with pytest.raises(ValueError, match=r"another config or model \(config\.train\.steps: 80 then, 40 now\)"):
+        study.run_cell(other, wd, "fog", 1.0, 0)
+    fs.remove(f"{wd}/cell.json")
+    with pytest.raises(ValueError, match="records no cell.json"):
+        study.run_cell(config, wd, "fog", 1.0, 0)
