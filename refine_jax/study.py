@@ -7,9 +7,10 @@
 Every cell (shift, severity, seed) runs the config's demo stages on a procedural target with only
 that shift at that severity ('default': every shift of the demo's combined target at it) and
 target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a cell finished with the same config and
-model is read back, so the study resumes (another config or model in the same folder is refused). Then it prints, per shift and severity, the primary metric of the trivial baseline, the
-model before and after refinement and the oracle (mean +- std over seeds), the relative change,
-and how many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
+model is read back, so the study resumes (another config or model in the same folder is refused).
+Then it prints, per shift and severity, the primary metric of the trivial baseline, the model
+before and after refinement and the oracle (mean +- std over seeds), the relative change, and how
+many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
 """
 from __future__ import annotations
 
@@ -78,8 +79,9 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> di
     if fs.exists(key_path) or fs.exists(path):
         old = fs.read_json(key_path) if fs.exists(key_path) else None
         if old != key:
+            why = "it records no cell.json" if old is None else _first_difference(old, key)
             raise ValueError(f"{workdir}: this study cell was run with another config or model "
-                             f"({_first_difference(old, key)}); pass a new --workdir or delete the folder")
+                             f"({why}); pass a new --workdir or delete the folder")
     else:
         fs.makedirs(workdir)
         fs.write_json_atomic(key_path, key)
@@ -89,8 +91,7 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> di
 
 
 def _first_difference(old, new, prefix="") -> str:
-    if old is None:
-        return "it records no cell.json"
+    """'a.b: OLD then, NEW now' for the first (sorted) key path where two JSON trees differ."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new)):
             if old.get(k) != new.get(k):
