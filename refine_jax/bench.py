@@ -196,15 +196,36 @@ def bench_label(repeats: int) -> None:
           f"(compile {c:.1f} s); one forward {t_pf:.3f} s; ratio {t_pl / t_pf:.2f}x", flush=True)
 
 
+DEMO_PRESETS = ("", "pretrain", "runlocal")  # these train and refine the config's demo model
+
+
+def tpu_target(spec: str, arch: str = "", size: str = ""):
+    """(config, arch, model widths or None, (H, W)) that `bench tpu` compiles for a config spec.
+    The demo configs (no preset, :pretrain, :runlocal) compile their own stand-in
+    (config.demo.arch and .model at config.demo.size); the other presets the published
+    architecture at the dataset's frame size. `arch` and `size` ("H,W") override."""
+    from refine_jax import compile_report
+    config = cli.load_config(spec)
+    path, _, preset = spec.partition(":")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    demo = preset in DEMO_PRESETS and not arch
+    arch = arch or (config.demo.arch if demo else ("pips" if stem == "pips" else "raft"))
+    model = dict(config.demo.get("model", {})) if demo else None
+    if size:
+        hw = tuple(int(v) for v in size.split(","))
+    elif demo:
+        hw = tuple(config.demo.size)
+    else:
+        hw = compile_report.DATA_SIZES.get((arch.replace("_small", ""), preset), (256, 256))
+    return config, arch, model, hw
+
+
 def bench_tpu(args) -> int:
     from refine_jax import compile_report
-    config = cli.load_config(args.config)
-    stem = os.path.splitext(os.path.basename(args.config.partition(":")[0]))[0]
-    arch = args.arch or ("pips" if stem == "pips" else "raft")
-    size = (tuple(int(v) for v in args.size.split(",")) if args.size
-            else compile_report.DATA_SIZES.get((arch.replace("_small", ""), args.config.partition(":")[2]), (256, 256)))
-    print(f"compiling {args.config} ({arch}) for {args.topology}, data frames {size[0]}x{size[1]}", flush=True)
-    for row in compile_report.report(config, arch, args.topology, size, tuple(args.steps.split(","))):
+    config, arch, model, size = tpu_target(args.config, args.arch, args.size)
+    print(f"compiling {args.config} ({arch}{', the demo stand-in' if model is not None else ''}) for "
+          f"{args.topology}, data frames {size[0]}x{size[1]}", flush=True)
+    for row in compile_report.report(config, arch, args.topology, size, tuple(args.steps.split(",")), model=model):
         print(compile_report.summarise(row), flush=True)
     return 0
 

@@ -217,8 +217,8 @@ def eval_step(model_cfg, config, device, size):
 
 # Frame sizes of the data each preset refines on (label and eval); training uses config.train.size
 # when the preset sets one (CroHD: 512x852 crops of 768x1280 frames).
-DATA_SIZES = {("raft", ""): (436, 1024), ("raft", "sintel"): (436, 1024), ("pips", "crohd"): (768, 1280),
-              ("pips", "horse10"): (256, 448), ("pips", "tapvid_davis"): (256, 256), ("pips", ""): (256, 256)}
+DATA_SIZES = {("raft", "sintel"): (436, 1024), ("pips", "crohd"): (768, 1280),
+              ("pips", "horse10"): (256, 448), ("pips", "tapvid_davis"): (256, 256)}
 
 
 def compile_step(fn, args):

@@ -45,3 +45,16 @@ def test_official_checkout_is_imported_in_isolation_and_restored(tmp_path, capsy
         official.pips(str(tmp_path), None, None, 1)
     assert bench.main(["data", f"--official={tmp_path}"]) == 2
     assert "only 'raft' and 'pips' time the official code" in capsys.readouterr().err
+
+
+def test_bench_tpu_compiles_the_demo_stand_in_for_demo_configs_and_the_published_model_otherwise():
+    _, arch, model, size = bench.tpu_target("configs/raft.py")
+    assert (arch, model, size) == ("raft_small", {}, (256, 320))
+    _, arch, model, size = bench.tpu_target("configs/pips.py:pretrain")
+    assert arch == "pips" and model["latent_dim"] == 64 and size == (256, 256)
+    _, arch, model, size = bench.tpu_target("configs/raft.py:sintel")
+    assert (arch, model, size) == ("raft", None, (436, 1024))
+    _, arch, model, size = bench.tpu_target("configs/pips.py:crohd", size="512,640")
+    assert (arch, model, size) == ("pips", None, (512, 640))
+    _, arch, model, _ = bench.tpu_target("configs/raft.py", arch="raft")   # --arch picks the published one
+    assert (arch, model) == ("raft", None)
