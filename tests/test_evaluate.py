@@ -94,3 +94,14 @@ def test_a_study_cell_is_read_back_only_for_the_same_config_and_model(tmp_path):
     fs.remove(f"{wd}/cell.json")
     with pytest.raises(ValueError, match="records no cell.json"):
         study.run_cell(config, wd, "fog", 1.0, 0)
+
+
+def test_a_study_cell_that_pretrains_keys_on_its_config_before_and_after_the_model_exists(tmp_path):
+    from refine_jax import cli, demo, fs
+    config = cli.load_config("configs/raft.py")
+    config.stages = ("generate", "pretrain", "label", "train", "eval")
+    wd = str(tmp_path / "cell")
+    c = study.cell_config(config, "fog", 1.0, 0)
+    before = study.cell_key(c, wd)
+    fs.makedirs(demo.pretrained_dir(wd))
+    assert study.cell_key(c, wd) == before and before["model_sha256"] == "pretrained by the cell"
