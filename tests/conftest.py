@@ -15,6 +15,10 @@ _CACHE = os.environ.get("REFINE_JAX_TEST_CACHE",
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# the same cache for the runs the tests start as subprocesses (kill -9, SIGTERM, multi-process):
+# JAX reads these at import
+os.environ.update({"JAX_COMPILATION_CACHE_DIR": _CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",
+                   "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 import pytest  # noqa: E402
 
