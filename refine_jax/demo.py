@@ -1,6 +1,6 @@
 """The embedded demo and the recipe of its stand-in pre-trained models.
 
-The demo refines a competent procedural stand-in (committed in refine_jax/standins/, made by the
+The demo refines a procedural stand-in (committed in refine_jax/standins/, made by the
 `pretrain` presets of configs/raft.py and configs/pips.py) on a target domain with the source's
 motion and a different appearance (data/shifts.py). These stand-ins are ours, trained from random
 init on procedural video; they are not the official RAFT or PIPs weights.
