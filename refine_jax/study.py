@@ -63,7 +63,7 @@ def cell_key(config, workdir: str) -> dict:
     from refine_jax import checkpoints
     from refine_jax import main as main_lib
     c = main_lib.resolve(copy.deepcopy(config), workdir)
-    if "pretrain" in c.stages:  # the cell makes its model from its own config: that is the key
+    if "pretrain" in main_lib.stage_names(c):  # the cell makes its model from its own config: that is the key
         return {"config": json.loads(c.to_json()), "model_sha256": "pretrained by the cell"}
     init = c.init.rstrip("/")
     weights = os.path.join(init, checkpoints.VARIABLES) if fs.isdir(init) else init
