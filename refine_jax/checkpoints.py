@@ -63,8 +63,8 @@ def save_model(out_dir, cfg, variables, provenance: dict, replace: bool = False)
     parallel.barrier(f"save_model {out}: renamed")
 
 
-def init_model(out_dir, cfg, seed: int = 0) -> None:
-    """Save a randomly initialised model of `cfg` (Flax default initialisers) as a checkpoint."""
+def init_variables(cfg, seed: int = 0) -> dict:
+    """The variables of a randomly initialised model of `cfg` (Flax default initialisers), on the host."""
     import jax
     from refine_jax.convert import abstract_variables
     from refine_jax.models import build_model
@@ -78,8 +78,12 @@ def init_model(out_dir, cfg, seed: int = 0) -> None:
         import jax.numpy as jnp
         x = jnp.zeros((1, 128, 128, 3), jnp.float32)
         args = (x, x)
-    variables = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), *args, iters=1))()
-    save_model(out_dir, cfg, jax.device_get(variables), {"source": "random init", "seed": seed})
+    return jax.device_get(jax.jit(lambda: model.init(jax.random.PRNGKey(seed), *args, iters=1))())
+
+
+def init_model(out_dir, cfg, seed: int = 0) -> None:
+    """Save a randomly initialised model of `cfg` (`init_variables`) as a checkpoint."""
+    save_model(out_dir, cfg, init_variables(cfg, seed), {"source": "random init", "seed": seed})
 
 
 def fingerprint(path) -> str:

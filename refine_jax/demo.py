@@ -80,7 +80,6 @@ def generate(config, workdir: str) -> dict:
 def pretrain(config, workdir: str) -> dict:
     """Train the stand-in from random init on WORKDIR/data/source, then measure it on
     WORKDIR/data/source_eval next to the trivial baseline and record the recipe in model.json."""
-    from refine_jax import evaluate
     from refine_jax.train import trainer
     d = config.demo
     root = os.path.join(workdir, "pretrain")
@@ -97,22 +96,34 @@ def pretrain(config, workdir: str) -> dict:
     if out.get("preempted"):
         return out
     model = pretrained_dir(workdir)
-    meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
-    if "source_metrics" not in meta["provenance"] and fs.exists(data_dir(workdir, "source_eval")):
-        loaded = checkpoints.load_model(model, config.get("runtime"))
-        ec = evaluate.EvalConfig.from_config(config.get("eval"))
-        clips = parallel.process_share(list(shards.read_clips(data_dir(workdir, "source_eval"))))
-        result = evaluate.measure(loaded, clips, ec, config)
-        if parallel.is_main_process():
-            meta["provenance"].update({
-                "source": "refine_jax procedural stand-in (not official weights)",
-                "recipe": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
-                "steps": out["step"], "seeds": {"init": config.seed, "train": c.train.get("seed", 0),
-                                                "source_data": d.source_seed, "source_eval_data": d.source_seed + 1},
-                "source_metrics": evaluate._json_safe({"clips": len(clips), "model": result["model"],
-                                                       "baseline": result["baseline"], "speed_bins": result["bins"]}),
-                "variables_sha256": checkpoints.fingerprint(os.path.join(model, checkpoints.VARIABLES))})
-            fs.write_json_atomic(os.path.join(model, checkpoints.MODEL_JSON), meta)
-        parallel.barrier("pretrain: provenance written")
+    if fs.exists(data_dir(workdir, "source_eval")):
+        measure_source(config, model, data_dir(workdir, "source_eval"),
+                       {"steps": out["step"], "seeds": {"init": config.seed, "train": c.train.get("seed", 0),
+                                                        "source_data": d.source_seed,
+                                                        "source_eval_data": d.source_seed + 1}})
     out["source_metrics"] = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))["provenance"].get("source_metrics")
     return out
+
+
+def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
+    """Measure a stand-in on new source videos (eval_dir) next to the trivial baseline and record
+    those metrics, the recipe (the whole config), `provenance` and the sha256 of the weights in its
+    model.json; nothing to do when it holds source metrics already."""
+    from refine_jax import evaluate
+    meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
+    if "source_metrics" in meta["provenance"]:
+        return
+    loaded = checkpoints.load_model(model, config.get("runtime"))
+    ec = evaluate.EvalConfig.from_config(config.get("eval"))
+    clips = parallel.process_share(list(shards.read_clips(eval_dir)))
+    result = evaluate.measure(loaded, clips, ec, config)
+    if parallel.is_main_process():
+        meta["provenance"].update({
+            "source": "refine_jax procedural stand-in (not official weights)",
+            "recipe": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
+            **provenance,
+            "source_metrics": evaluate._json_safe({"clips": len(clips), "model": result["model"],
+                                                   "baseline": result["baseline"], "speed_bins": result["bins"]}),
+            "variables_sha256": checkpoints.fingerprint(os.path.join(model, checkpoints.VARIABLES))})
+        fs.write_json_atomic(os.path.join(model, checkpoints.MODEL_JSON), meta)
+    parallel.barrier("pretrain: provenance written")
