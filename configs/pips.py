@@ -1,7 +1,8 @@
 """PIPs refinement configs.
 
 Default (no preset): the embedded demo. It refines the committed procedural stand-in PIPs
-(refine_jax/standins/pips: latent 64, mixer 128 x 2, made by :pretrain) on procedural target
+(refine_jax/standins/pips: latent 64, mixer 128 x 2, made by :pretrain through
+refine_jax.train.stream on a GPU) on procedural target
 videos with the source's motion and another appearance, then compares before, after, an oracle
 trained on the ground-truth tracks, and the query points held still:
   python -m refine_jax.main --config=configs/pips.py

@@ -1,7 +1,7 @@
 """RAFT refinement configs.
 
 Default (no preset): the embedded demo. It refines the committed procedural stand-in RAFT-small
-(refine_jax/standins/raft_small, made by :pretrain) on procedural target videos with the source's
+(refine_jax/standins/raft_small, made by :pretrain through refine_jax.train.stream on a GPU) on procedural target videos with the source's
 motion and another appearance (motion blur, fog, defocus, sensor noise, exposure drift), then
 compares before, after, an oracle trained on the ground truth, and zero flow:
   python -m refine_jax.main --config=configs/raft.py

@@ -1,7 +1,8 @@
 """The embedded demo and the recipe of its stand-in pre-trained models.
 
 The demo refines a procedural stand-in (committed in refine_jax/standins/, made by the
-`pretrain` presets of configs/raft.py and configs/pips.py) on a target domain with the source's
+`pretrain` presets of configs/raft.py and configs/pips.py, run on a GPU by train/stream.py; their
+model.json says how) on a target domain with the source's
 motion and a different appearance (data/shifts.py). These stand-ins are ours, trained from random
 init on procedural video; they are not the official RAFT or PIPs weights.
 
