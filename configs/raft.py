@@ -37,9 +37,10 @@ def get_config(arg=None):
     # The reference thresholds (alpha 0.002, beta 0.1 px, colour 0.005 on [-0.5, 0.5]) assume clean
     # renders; `color_thresh` "auto" raises the colour threshold to what the measured sensor noise
     # of each pair makes two correct matches differ by (labels/cycle.py, noise_color_threshold).
-    # 12 label iterations for CPU time (the reference uses 32). 24 gave the frozen model a lower
-    # target EPE on all three demo seeds but the refined model a mixed result: EPE change -2.7 / -0.8 /
-    # -29.4 % against -3.1 / -2.0 / -13.7 % with 12 (seeds 0 / 1 / 2; the gain is at >= 16 px/frame).
+    # 12 label iterations for CPU time (the reference uses 32). With the previous (4500-step) stand-in,
+    # 24 gave the frozen model a lower target EPE on all three demo seeds but the refined model a
+    # mixed result: EPE change -2.7 / -0.8 / -29.4 % against -3.1 / -2.0 / -13.7 % with 12 (seeds
+    # 0 / 1 / 2; the gain is at >= 16 px/frame).
     c.label = ml_collections.ConfigDict({
         "batch": 6, "iters": 12, "alpha": 0.002, "beta": 0.1, "color_thresh": 0.005, "max_flow": 400.0,
         "color_noise": True, "color_gain": True, "rounds": 1})

@@ -55,3 +55,24 @@ def test_tiny_stream_run_exports_and_continues(tmp_path):
     w1 = first["params"]["fnet"]["conv1"]["kernel"]
     w2 = second["params"]["fnet"]["conv1"]["kernel"]
     assert w1.shape == w2.shape and not np.allclose(w1, w2)
+
+
+def test_time_step_counts_a_compile_then_times_the_steps():
+    """The timing pass: the first call is the compile; then 3 warm-up calls and up to 30 timed ones."""
+    import jax
+    calls = []
+
+    def batch():
+        calls.append(1)
+        return np.ones(4, np.float32)
+    fn = jax.jit(lambda state, b: (state + 1, {"loss": b.sum()}))
+    compile_s, step_s = stream._time_step(fn, np.zeros(()), batch, budget=60.0)
+    assert len(calls) == 1 + 3 + 30 and compile_s > 0 and 0 < step_s < compile_s
+
+
+@pytest.mark.parametrize("kwargs, message", [({}, "give --steps or --seconds"),
+                                             ({"steps": 1, "first_clip": 100_000}, "first_clip=100000")])
+def test_run_refuses_what_it_cannot_do(kwargs, message):
+    c = load_config("raft", "pretrain")
+    with pytest.raises(ValueError, match=message):
+        stream.run(c, "/nonexistent", **kwargs)

@@ -130,6 +130,25 @@ class SamplePool:
         self._pool.terminate()
 
 
+def _time_step(fn, state, batch, budget: float):
+    """(compile seconds, seconds per step) of the jitted step `fn`: its first call, then up to 30
+    calls after 3 warm-up ones, stopping once they take `budget` seconds."""
+    import jax
+    t = time.time()
+    state, m = fn(state, batch())
+    jax.block_until_ready(m)
+    compile_s = time.time() - t
+    for _ in range(3):
+        state, m = fn(state, batch())
+    jax.block_until_ready(m)
+    t, n = time.time(), 0
+    while n < 30 and time.time() - t < budget:
+        state, m = fn(state, batch())
+        jax.block_until_ready(m)
+        n += 1
+    return compile_s, (time.time() - t) / n
+
+
 def pretrain_config(config):
     """The train/augment settings `demo.pretrain` uses: config.train overlaid with demo.pretrain,
     config.augment with demo.pretrain_augment."""
@@ -156,6 +175,8 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     deadline = t0 + seconds if seconds > 0 else float("inf")
     if steps <= 0 and seconds <= 0:
         raise ValueError("give --steps or --seconds")
+    if not 0 <= first_clip < 100_000:  # the held-out clips' seeds start at (source_seed + 1) * 100_003
+        raise ValueError(f"first_clip={first_clip}: expected 0 <= first_clip < 100000")
     d = config.demo
     c = pretrain_config(config)
     tc = trainer.TrainConfig.from_config(c.train)
@@ -193,22 +214,8 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
         if steps <= 0:  # timing pass: compile and time the step with a throw-away schedule
             probe_tc = dataclasses.replace(tc, steps=1000)
             tx = trainer.make_optimizer(probe_tc)
-            fn = trainer.make_train_step(cfg, probe_tc, tx, mesh, False, ac)
-            state = fresh_state(tx)
-            tc0 = time.time()
-            state, m = fn(state, batch())
-            jax.block_until_ready(m)
-            compile_s = time.time() - tc0
-            for _ in range(3):
-                state, m = fn(state, batch())
-            jax.block_until_ready(m)
-            tt, n = time.time(), 0
-            while n < 30 and time.time() - tt < 0.05 * seconds:  # at most 5 % of the budget
-                state, m = fn(state, batch())
-                jax.block_until_ready(m)
-                n += 1
-            step_s = (time.time() - tt) / n
-            del state
+            compile_s, step_s = _time_step(trainer.make_train_step(cfg, probe_tc, tx, mesh, False, ac),
+                                           fresh_state(tx), batch, 0.05 * seconds)
             left = deadline - time.time() - compile_s - 30.0  # 30 s: export
             steps = max(int(left / step_s), 1)
             log(f"timing: compile {compile_s:.1f} s, {step_s * 1000:.1f} ms/step; planning {steps} steps")
