@@ -17,10 +17,9 @@ Stages (each `run(config, workdir) -> dict`):
 from __future__ import annotations
 
 import copy
-import json
 import os
 
-from refine_jax import checkpoints, fs, models, parallel
+from refine_jax import checkpoints, fs, models, parallel, settings
 from refine_jax.data import shards, synthetic
 from refine_jax.data import shifts as shifts_lib
 
@@ -78,6 +77,15 @@ def generate(config, workdir: str) -> dict:
     return {name: shards.load_manifest(path)["records"] for name, path in out.items()}
 
 
+def pretrain_config(config):
+    """The settings the stand-in recipes train with: config.train overlaid with demo.pretrain,
+    config.augment with demo.pretrain_augment (a copy)."""
+    c = copy.deepcopy(config)
+    c.train.update(dict(c.demo.pretrain))
+    c.augment.update(dict(c.demo.get("pretrain_augment", {"enabled": False})))
+    return c
+
+
 def pretrain(config, workdir: str) -> dict:
     """Train the stand-in from random init on WORKDIR/data/source, then measure it on
     WORKDIR/data/source_eval next to the trivial baseline and record the recipe in model.json."""
@@ -89,10 +97,8 @@ def pretrain(config, workdir: str) -> dict:
     if not fs.exists(os.path.join(init, checkpoints.MODEL_JSON)):
         cfg = models.model_config(d.arch, dict(d.get("model", {})))
         checkpoints.init_model(init, cfg, seed=config.seed)
-    c = copy.deepcopy(config)
-    c.train.update(dict(d.pretrain))
+    c = pretrain_config(config)
     c.train.data = data_dir(workdir, "source")
-    c.augment.update(dict(d.get("pretrain_augment", {"enabled": False})))
     out = trainer.run(c, root, init=init)
     if out.get("preempted"):
         return out
@@ -121,7 +127,7 @@ def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
     if parallel.is_main_process():
         meta["provenance"].update({
             "source": "refine_jax procedural stand-in (not official weights)",
-            "recipe": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
+            "recipe": settings.as_dict(config),
             **provenance,
             "source_metrics": evaluate._json_safe({"clips": len(clips), "model": result["model"],
                                                    "baseline": result["baseline"], "speed_bins": result["bins"]}),

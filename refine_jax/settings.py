@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 
 def from_section(cls, section, name: str):
@@ -12,3 +13,9 @@ def from_section(cls, section, name: str):
     if unknown:
         raise ValueError(f"unknown {name} settings: {', '.join(sorted(unknown))}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def as_dict(config) -> dict:
+    """A whole config as plain JSON values (what provenance records): a ConfigDict through its
+    JSON form, a dict as it is."""
+    return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)

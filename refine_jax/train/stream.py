@@ -22,7 +22,6 @@ the metrics in its model.json.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -149,15 +148,6 @@ def _time_step(fn, state, batch, budget: float):
     return compile_s, (time.time() - t) / n
 
 
-def pretrain_config(config):
-    """The train/augment settings `demo.pretrain` uses: config.train overlaid with demo.pretrain,
-    config.augment with demo.pretrain_augment."""
-    c = copy.deepcopy(config)
-    c.train.update(dict(c.demo.pretrain))
-    c.augment.update(dict(c.demo.get("pretrain_augment", {"enabled": False})))
-    return c
-
-
 def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int = 2,
         pool_clips: int = 20000, init: str = "", first_clip: int = 0, log=print) -> dict:
     """Train the stand-in of config.demo from random init (seed config.seed), or from the model
@@ -167,7 +157,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     {'step', 'steps_planned', 'clips_rendered', 'seconds', 'model'}."""
     import jax
     import jax.numpy as jnp
-    from refine_jax import checkpoints, models, parallel
+    from refine_jax import checkpoints, demo, models, parallel, settings
     from refine_jax.data import synthetic
     from refine_jax.models.raft import RAFTConfig
     from refine_jax.train import augment, trainer
@@ -178,7 +168,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     if not 0 <= first_clip < 100_000:  # the held-out clips' seeds start at (source_seed + 1) * 100_003
         raise ValueError(f"first_clip={first_clip}: expected 0 <= first_clip < 100000")
     d = config.demo
-    c = pretrain_config(config)
+    c = demo.pretrain_config(config)
     tc = trainer.TrainConfig.from_config(c.train)
     ac = augment.AugmentConfig.from_config(c.augment)
     cfg = checkpoints.with_runtime(models.model_config(d.arch, dict(d.get("model", {}))), config.get("runtime"))
@@ -238,7 +228,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     finally:
         pool.close()
     variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-    recipe = json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+    recipe = settings.as_dict(config)
     provenance = {
         "source": "refine_jax procedural stand-in (not official weights)", "recipe": recipe,
         "trainer": "refine_jax.train.stream (clips rendered on the fly)", "steps": step,

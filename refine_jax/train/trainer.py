@@ -221,7 +221,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         with_flow=is_raft, max_tracks=0 if is_raft else tc.max_tracks, split="rows")
     ckpt_dir = fs.abspath(os.path.join(workdir, "checkpoints"))
     options = ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints or None, create=True)
-    meta = {"config": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
+    meta = {"config": settings.as_dict(config),
             "model": {"arch": model_cfg.arch, **model_cfg.to_dict()}, "init": fs.abspath(init),
             "init_provenance": loaded.provenance}
     data_state = None
