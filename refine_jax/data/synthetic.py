@@ -367,6 +367,15 @@ def _render(layers: List[Layer], grid: np.ndarray, t: float) -> Tuple[np.ndarray
     return img, owner
 
 
+VIDEOS_PER_SEED = 100_003  # video seeds of dataset seeds s and s + 1 never meet below this many videos
+
+
+def video_seed(dataset_seed: int, index: int) -> int:
+    """The render seed of video `index` of the procedural dataset with seed `dataset_seed`, as
+    write_dataset, the TFDS builder and the streamed pre-training draw them."""
+    return dataset_seed * VIDEOS_PER_SEED + index
+
+
 def render_video(cfg: DomainConfig, seed: int, num_frames: int, h: int, w: int,
                  num_tracks: int = 0, video_id: Optional[str] = None) -> Clip:
     """One procedural video with exact ground truth.
@@ -439,7 +448,7 @@ def write_dataset(out_dir: str, preset, videos: int, frames: int = 24, size=(256
     name = name or (preset if isinstance(preset, str) else "synthetic")
     extra = {"generator": "refine_jax.data.synthetic", "preset": name, "domain": dataclasses.asdict(cfg),
              "shifts": shifts_lib.describe(cfg.shifts), "seed": seed}
-    jobs = [(cfg, seed * 100_003 + i, frames, tuple(size), tracks, f"{name}-{seed}-{i:05d}", fmt, flow_dtype)
+    jobs = [(cfg, video_seed(seed, i), frames, tuple(size), tracks, f"{name}-{seed}-{i:05d}", fmt, flow_dtype)
             for i in range(videos)]
     with ShardWriter(out_dir, name, extra=extra) as writer:
         if workers > 1:

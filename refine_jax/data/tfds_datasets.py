@@ -168,7 +168,7 @@ class ProceduralVideo(_ClipBuilder):
         c = self.builder_config
         dom = synthetic.domain(c.preset, shifts_lib.parse(c.shifts) if c.shifts else None)
         for i in range(c.videos):
-            clip = synthetic.render_video(dom, c.seed * 100_003 + i, c.frames, c.height, c.width, c.tracks,
+            clip = synthetic.render_video(dom, synthetic.video_seed(c.seed, i), c.frames, c.height, c.width, c.tracks,
                                           video_id=f"{c.name}-{c.seed}-{i:05d}")
             yield clip.video_id, example(clip)
 

@@ -4,7 +4,7 @@ accelerator and many cores, where rendering shards first would leave the acceler
 It runs the `pretrain` preset of configs/raft.py or configs/pips.py with the same model, loss,
 optimizer, schedule and in-step augmentation as `demo.pretrain` (trainer.make_train_step), but
 reads no shards. Worker processes render source clips with the seeds `synthetic.write_dataset`
-gives them (source_seed * 100_003 + i), so the first `demo.source_videos` clips are the recipe's
+gives them (synthetic.video_seed), so the first `demo.source_videos` clips are the recipe's
 source shards and later ones continue that sequence; the held-out source_eval clips (seed
 source_seed + 1) are never drawn. Each step samples its batch uniformly from the samples rendered
 so far, kept in a pool of at most `pool_clips` clips (a new clip replaces a random old one). The
@@ -70,8 +70,8 @@ def _init_worker(spec: dict) -> None:
 def _render(i: int):
     from refine_jax.data import synthetic
     w = _WORKER
-    clip = synthetic.render_video(w["domain"], w["seed"] * 100_003 + i, w["frames"], w["size"][0], w["size"][1],
-                                  w["tracks"])
+    clip = synthetic.render_video(w["domain"], synthetic.video_seed(w["seed"], i), w["frames"], w["size"][0],
+                                  w["size"][1], w["tracks"])
     return samples_of_clip(clip, w["is_raft"], w["clip_len"], w["max_tracks"])
 
 
@@ -151,9 +151,9 @@ def _time_step(fn, state, batch, budget: float):
 def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int = 2,
         pool_clips: int = 20000, init: str = "", first_clip: int = 0, log=print) -> dict:
     """Train the stand-in of config.demo from random init (seed config.seed), or from the model
-    folder `init` (a new schedule), on clips rendered on the fly, the i-th from
-    source_seed * 100_003 + first_clip + i, and export it to WORKDIR/model. steps > 0: that many; else as many as fit in
-    `seconds` after a timing pass. Training also stops at `seconds` (when > 0). Returns
+    folder `init` (a new schedule), on clips rendered on the fly (source videos first_clip, first_clip
+    + 1, ... of synthetic.video_seed), and export it to WORKDIR/model. steps > 0: that many; else as
+    many as fit in `seconds` after a timing pass. Training also stops at `seconds` (when > 0). Returns
     {'step', 'steps_planned', 'clips_rendered', 'seconds', 'model'}."""
     import jax
     import jax.numpy as jnp
@@ -165,7 +165,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     deadline = t0 + seconds if seconds > 0 else float("inf")
     if steps <= 0 and seconds <= 0:
         raise ValueError("give --steps or --seconds")
-    if not 0 <= first_clip < 100_000:  # the held-out clips' seeds start at (source_seed + 1) * 100_003
+    if not 0 <= first_clip < 100_000:  # below VIDEOS_PER_SEED: the held-out clips' seeds are never drawn
         raise ValueError(f"first_clip={first_clip}: expected 0 <= first_clip < 100000")
     d = config.demo
     c = demo.pretrain_config(config)
