@@ -114,7 +114,7 @@ def pretrain(config, workdir: str) -> dict:
 
 def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
     """Measure a stand-in on new source videos (eval_dir) next to the trivial baseline and record
-    those metrics, the recipe (the whole config), `provenance` and the sha256 of the weights in its
+    those metrics, the recipe (the whole config, unless the trainer recorded the one it ran), `provenance` and the sha256 of the weights in its
     model.json; nothing to do when it holds source metrics already."""
     from refine_jax import evaluate
     meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
@@ -127,7 +127,8 @@ def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
     if parallel.is_main_process():
         meta["provenance"].update({
             "source": "refine_jax procedural stand-in (not official weights)",
-            "recipe": settings.as_dict(config),
+            # the recipe a trainer recorded (the settings it ran) stands; else the config's
+            "recipe": meta["provenance"].get("recipe") or settings.as_dict(config),
             **provenance,
             "source_metrics": evaluate._json_safe({"clips": len(clips), "model": result["model"],
                                                    "baseline": result["baseline"], "speed_bins": result["bins"]}),

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from refine_jax import checkpoints
+from refine_jax import checkpoints, demo
 from refine_jax.data import pipeline, synthetic
 from refine_jax.train import stream
 from test_recipes import load_config
@@ -47,6 +47,11 @@ def test_tiny_stream_run_exports_and_continues(tmp_path):
     assert prov["steps"] == 2 and prov["trained_from"] == "random init" and not prov["stopped_by_deadline"]
     assert prov["seeds"]["source_data"] == c.demo.source_seed and "not official" in prov["source"]
     assert prov["train"]["batch_size"] == 2 and prov["recipe"]["demo"]["pretrain"]["steps"] == 2
+    # measuring it records source metrics and keeps the recipe the run recorded, not the measuring config's
+    synthetic.write_dataset(str(tmp_path / "eval"), "source", 1, 2, (128, 128), 0, seed=9, progress=False)
+    demo.measure_source(load_config("raft", "pretrain"), out["model"], str(tmp_path / "eval"), {"steps": 2})
+    prov = json.loads((tmp_path / "a" / "model" / "model.json").read_text())["provenance"]
+    assert prov["recipe"]["demo"]["pretrain"]["steps"] == 2 and prov["source_metrics"]["clips"] == 1
     first = checkpoints.load_model(out["model"]).variables
     out2 = stream.run(c, str(tmp_path / "b"), steps=2, workers=1, init=out["model"], first_clip=50, log=logs.append)
     prov2 = json.loads((tmp_path / "b" / "model" / "model.json").read_text())["provenance"]
