@@ -20,7 +20,9 @@ benchmark with ground truth, see refine_jax.data.benchmarks):
         --config.init=model-000200000.pth --config.data.videos=shards/horse10
   :pretrain      the stand-in's recipe: procedural source videos, the reduced PIPs from random
                  init (sequence L1 + the score-map loss, as PIPs is trained; 128x128 crops, only
-                 tracks queried inside the crop), then measured on new source videos
+                 tracks queried inside the crop), then measured on new source videos. The committed
+                 stand-in continued on whole 256x256 frames (--config.demo.pretrain_augment.crop='()'):
+                 tracks faster than 16 px/frame leave a 128x128 crop within 8 frames (model.json note)
   :runlocal      a tiny run of every stage.
 """
 import ml_collections
