@@ -78,6 +78,7 @@ def test_time_step_counts_a_compile_then_times_the_steps():
 @pytest.mark.parametrize("kwargs, message", [({}, "give --steps or --seconds"),
                                              ({"steps": 1, "first_clip": 100_000}, "first_clip=100000")])
 def test_run_refuses_what_it_cannot_do(kwargs, message):
+    assert stream.MAX_CLIPS == 100_000 < synthetic.VIDEOS_PER_SEED  # held-out seeds stay out of reach
     c = load_config("raft", "pretrain")
     with pytest.raises(ValueError, match=message):
         stream.run(c, "/nonexistent", **kwargs)

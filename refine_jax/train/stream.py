@@ -33,6 +33,10 @@ import numpy as np
 
 from refine_jax import cli, fs
 
+# Source clips a run may draw: below synthetic.VIDEOS_PER_SEED, so the seeds of the held-out
+# clips (the next source seed's sequence) are never drawn.
+MAX_CLIPS = 100_000
+
 _WORKER: dict = {}
 
 
@@ -165,8 +169,8 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     deadline = t0 + seconds if seconds > 0 else float("inf")
     if steps <= 0 and seconds <= 0:
         raise ValueError("give --steps or --seconds")
-    if not 0 <= first_clip < 100_000:  # below VIDEOS_PER_SEED: the held-out clips' seeds are never drawn
-        raise ValueError(f"first_clip={first_clip}: expected 0 <= first_clip < 100000")
+    if not 0 <= first_clip < MAX_CLIPS:
+        raise ValueError(f"first_clip={first_clip}: expected 0 <= first_clip < {MAX_CLIPS}")
     d = config.demo
     c = demo.pretrain_config(config)
     tc = trainer.TrainConfig.from_config(c.train)
@@ -177,7 +181,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     spec = {"domain": synthetic.domain("source"), "seed": int(d.source_seed), "frames": int(frames),
             "size": tuple(d.size), "tracks": 0 if is_raft else int(d.tracks), "is_raft": is_raft,
             "clip_len": 2 if is_raft else cfg.S, "max_tracks": tc.max_tracks}
-    pool = SamplePool(spec, workers, pool_clips, first_clip, total_clips=100_000 - first_clip, seed=tc.seed)
+    pool = SamplePool(spec, workers, pool_clips, first_clip, total_clips=MAX_CLIPS - first_clip, seed=tc.seed)
     try:
         if init:
             loaded = checkpoints.load_model(init, config.get("runtime"))
