@@ -15,7 +15,6 @@ many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Dict, List
 
@@ -23,7 +22,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from refine_jax import fs
+from refine_jax import fs, settings
 from refine_jax.data import shifts as shifts_lib
 from refine_jax.data import synthetic
 
@@ -63,12 +62,12 @@ def cell_key(config, workdir: str) -> dict:
     from refine_jax import checkpoints
     from refine_jax import main as main_lib
     c = main_lib.resolve(copy.deepcopy(config), workdir)
+    recorded = settings.as_dict(c)
     if "pretrain" in main_lib.stage_names(c):  # the cell makes its model from its own config: that is the key
-        return {"config": json.loads(c.to_json()), "model_sha256": "pretrained by the cell"}
+        return {"config": recorded, "model_sha256": "pretrained by the cell"}
     init = c.init.rstrip("/")
     weights = os.path.join(init, checkpoints.VARIABLES) if fs.isdir(init) else init
-    return {"config": json.loads(c.to_json()),
-            "model_sha256": checkpoints.fingerprint(weights) if fs.exists(weights) else None}
+    return {"config": recorded, "model_sha256": checkpoints.fingerprint(weights) if fs.exists(weights) else None}
 
 
 def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> dict:
