@@ -114,8 +114,9 @@ def pretrain(config, workdir: str) -> dict:
 
 def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
     """Measure a stand-in on new source videos (eval_dir) next to the trivial baseline and record
-    those metrics, the recipe (the whole config, unless the trainer recorded the one it ran), `provenance` and the sha256 of the weights in its
-    model.json; nothing to do when it holds source metrics already."""
+    those metrics, the recipe (the whole config, unless the trainer recorded the one it ran),
+    `provenance` and the sha256 of the weights in its model.json; nothing to do when it holds
+    source metrics already."""
     from refine_jax import evaluate
     meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
     if "source_metrics" in meta["provenance"]:
