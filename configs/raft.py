@@ -53,13 +53,13 @@ def get_config(arg=None):
     # crops): with the per-sample mask the model drifts where there are no labels (EPE +9.8 % at
     # >= 16 px/frame, mean EPE +0.4 %); with 'batch_mean' every speed bin improves (mean -3.3 %).
     # Training runs as many iterations as the labels and the evaluation (12), as the reference runs 32
-    # in all three, on 192x256 crops that keep more of a fast match inside the crop; 50 steps keep the
-    # demo's time. Measured with the current stand-in (demo seeds 0 / 1 / 2, EPE change): 8 iterations
-    # on 128x192 crops, 80 steps -1.4 / -5.2 / +3.0 %; 12 iterations on the same crops -4.2 / -6.7 /
-    # +4.2 %; 12 on 192x256, 80 steps -5.8 / -4.8 / -3.4 % (training twice as long); this, 50 steps,
-    # -5.7 / -7.6 / -0.3 %.
+    # in all three, on 192x256 crops that keep more of a fast match inside the crop. Measured with the
+    # current stand-in (demo seeds 0 / 1 / 2, EPE change): 8 iterations on 128x192 crops, 80 steps
+    # -1.4 / -5.2 / +3.0 %; 12 iterations on the same crops -4.2 / -6.7 / +4.2 %; 12 on 192x256, 80
+    # steps -5.8 / -4.8 / -3.4 %; 50 steps -5.7 / -7.6 / -0.3 % (batch 4: -1.0 / -4.8 / -8.7 %); this,
+    # 35 steps, -7.0 / -6.6 / -6.1 %, and the demo fits 10 minutes on a machine 1.9x slower than ours.
     c.train = ml_collections.ConfigDict({
-        "steps": 50, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0,
+        "steps": 35, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0,
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 12, "gamma": 0.85, "max_flow": 400.0,
         "mask_mode": "batch_mean", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "size": ()})
