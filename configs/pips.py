@@ -92,8 +92,9 @@ def get_config(arg=None):
     if arg == "pretrain":
         c.stages = ("generate", "pretrain")
         c.demo.update({"source_videos": 1500, "source_eval_videos": 30, "target_videos": 0, "workers": 1})
-        # The backward pass of a gather is a scatter, slow on CPU too: 2.58 s per step here against
-        # 4.3 s with 'gather' (2 cores, batch 2, 8x128x128). Same numbers within 1e-4 px (test_lookup).
+        # Gather-free lookups: the backward pass of a gather is a scatter. An earlier measurement
+        # gave 2.58 s per step against 4.3 s with 'gather' (2 cores, batch 2, 8x128x128); on
+        # 2026-11-27 both took 2.4-2.5 s. Same numbers within 1e-4 px (test_lookup).
         c.runtime.lookup = "einsum"
         return c
     if arg == "runlocal":

@@ -8,9 +8,10 @@ falls outside: zero padding). A (2r+1)^2 window around (x, y) in a map V is then
 in the backward pass, instead of a scatter). TPUs run these as matmuls; gathers and scatters are
 slow there (tapnet's TAPIR samples with depthwise convs for the same reason). CPUs and GPUs
 gather fast, and the contractions cost O(H + W) more arithmetic per point, so 'auto' picks
-'einsum' only when compiling for a TPU. The scatter of a gather's gradient is slow on CPU too: a
-PIPs training step (stride 4, 8x128x128, batch 2, 4 iterations) took 2.58 s with 'einsum' against
-4.3 s with 'gather' on 2 cores, so configs/pips.py:pretrain sets 'einsum' explicitly.
+'einsum' only when compiling for a TPU. On CPU the two cost about the same in training: a PIPs
+step (stride 4, 8x128x128, batch 2, 4 iterations) took 2.4-2.5 s with either on 2 cores (2026-11-27;
+an earlier measurement gave 2.58 s for 'einsum' against 4.3 s for 'gather', the scatter of a gather's
+gradient, which is why configs/pips.py:pretrain sets 'einsum').
 
 On the fly ('alt', RAFT's alternate correlation): the level-l correlation of a point is
 <f1, pool_l(f2)> / sqrt(C), linear in f2, so a window of it is the (2r+2)^2 integer patch of
