@@ -87,6 +87,10 @@ def test_extending_a_finished_run_exports_the_longer_model(setup, tmp_path):
     assert checkpoints.load_model(os.path.join(w, "model")).provenance["steps"] == 4
     assert any(not np.array_equal(v, first[k]) for k, v in _params(os.path.join(w, "model")).items())
     assert not [n for n in os.listdir(w) if n.startswith(".model")]  # no temporary or old folder left
+    # anything but the length, logging and saving is refused, naming the setting and the folder
+    with pytest.raises(ValueError, match=r"checkpoints .* other settings \(train\.lr: 0\.0002 then, 0\.001 now\)"):
+        trainer.run(ml_collections.ConfigDict(_cfg(setup, steps=6, num_devices=1, schedule_steps=4, lr=1e-3)),
+                    w, progress=False)
 
 
 def test_sigterm_saves_at_next_step_and_exits_zero(setup, tmp_path):

@@ -4,7 +4,8 @@ One jitted, donated, mesh-sharded train step (batch split over 'data'; parameter
 AdamW with the reference schedules and global-norm clipping, gradient accumulation with
 optax.MultiSteps. Orbax CheckpointManager saves params, optimizer state, step, RNG and the data
 position every `save_every` steps and at the end, with the config and provenance; a run resumes
-from WORKDIR/checkpoints automatically. SIGTERM saves at the next step boundary and exits cleanly;
+from WORKDIR/checkpoints automatically (with more steps it trains on; with other training settings
+it refuses, naming them). SIGTERM saves at the next step boundary and exits cleanly;
 a NaN or inf loss stops with an error naming the step. Metrics go to TensorBoard event files
 (WORKDIR/tensorboard) and a progress bar. At the end the trained model is exported as a model
 checkpoint folder (WORKDIR/model) that `infer`, `eval` and `label` read.
@@ -191,6 +192,33 @@ def _exported_steps(model_dir: str) -> Optional[int]:
     return fs.read_json(path)["provenance"].get("steps") if fs.exists(path) else None
 
 
+# What a resumed run may change: how long it trains and how it logs and saves. Anything else
+# (learning rate, batch, data, augmentation, init) would continue one run's optimiser state under
+# another run's settings, and the exported model would record settings it was not trained with.
+RESUMABLE_CHANGES = frozenset({"train.steps", "train.save_every", "train.log_every",
+                               "train.keep_checkpoints", "train.num_devices"})
+
+
+def _check_resumable(saved: dict, meta: dict, ckpt_dir: str) -> None:
+    """Raise when the checkpoints in ckpt_dir were written by a run whose training settings
+    (train and augment sections, init, model) differ from this run's, naming each difference."""
+    now = json.loads(json.dumps(meta))  # tuples as the saved JSON holds them (lists)
+    was, cur = saved.get("config", {}), now["config"]
+    diffs = [f"{sec}.{k}: {was.get(sec, {}).get(k)!r} then, {cur.get(sec, {}).get(k)!r} now"
+             for sec in ("train", "augment")
+             for k in sorted(set(was.get(sec, {})) | set(cur.get(sec, {})))
+             if f"{sec}.{k}" not in RESUMABLE_CHANGES and was.get(sec, {}).get(k) != cur.get(sec, {}).get(k)]
+    if saved.get("init") != now["init"]:
+        diffs.append(f"init: {saved.get('init')!r} then, {now['init']!r} now")
+    was_m, cur_m = saved.get("model", {}), now["model"]
+    diffs += [f"model.{k}: {was_m.get(k)!r} then, {cur_m.get(k)!r} now" for k in sorted(set(was_m) | set(cur_m))
+              if k != "lookup" and was_m.get(k) != cur_m.get(k)]  # the lookups give the same numbers
+    if diffs:
+        raise ValueError(f"{ckpt_dir} holds checkpoints of a run with other settings ({'; '.join(diffs)}); "
+                         f"resume with that run's settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
+                         f"may change) or train in a new work directory")
+
+
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
     """Train from `init` (default config.init) on the configured shards; resume if WORKDIR has
     checkpoints. Returns {'step', 'loss', 'model': exported checkpoint folder, 'preempted'}."""
@@ -229,7 +257,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         if mngr.latest_step() is not None:
             restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(jax.tree_util.tree_map(np.asarray, state)),
-                data=ocp.args.JsonRestore()))
+                data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+            _check_resumable(restored["meta"], meta, ckpt_dir)
             state = jax.tree_util.tree_map(jnp.asarray, restored["state"])
             data_state = restored["data"]
         data = pipeline.ClipIterator(pcfg, state=data_state)
