@@ -141,7 +141,7 @@ def test_sep_conv_gru_matches_equations():
     gru = raft_lib.SepConvGRU(hidden_dim=hd)
     variables = gru.init(jax.random.PRNGKey(1), jnp.asarray(h), jnp.asarray(x))
     ours = gru.apply(variables, jnp.asarray(h), jnp.asarray(x))
-    p = jax.tree_util.tree_map(np.asarray, variables["params"])
+    p = jax.tree_util.tree_map(np.array, variables["params"])  # writable copies for torch
     tw = lambda name: (torch.from_numpy(p[name]["kernel"].transpose(3, 2, 0, 1).copy()),
                        torch.from_numpy(p[name]["bias"]))
     th = _torch_gru_half(_nchw(h), _nchw(x), tw("convz1"), tw("convr1"), tw("convq1"), (0, 2))

@@ -108,7 +108,7 @@ def test_mixer_block_matches_torch():
     x = rng.normal(size=(5, 8, 16)).astype(np.float32)
     tok = pips_lib.MixerBranch(32, True)
     v = tok.init(jax.random.PRNGKey(0), jnp.asarray(x))
-    p = jax.tree_util.tree_map(np.asarray, v["params"])
+    p = jax.tree_util.tree_map(np.array, v["params"])  # writable copies for torch
     ln = torch.nn.LayerNorm(16)
     c1, c2 = torch.nn.Conv1d(8, 32, 1), torch.nn.Conv1d(32, 8, 1)
     with torch.no_grad():
