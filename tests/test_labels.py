@@ -89,6 +89,14 @@ def test_flow_statistics_against_ground_truth(recipe_pth, videos, tmp_path):
     gt = np.concatenate([c.flow[i][c.flow_valid[i]] for c in src for i in range(2)])
     est = np.concatenate([l.flow[0][src[k // 2].flow_valid[k % 2]] for k, l in enumerate(lab)])
     np.testing.assert_allclose(s["gt_error_all"], np.linalg.norm(est - gt, axis=-1).mean(), rtol=1e-4)
+    # a re-run keeps finished shards when only the split of the work differs, and refuses them when
+    # they were labelled with other settings (the manifest would otherwise record the new ones)
+    assert generate.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE, batch=3), str(tmp_path),
+                        progress=False)["stats"] == s
+    with pytest.raises(ValueError, match=r"stats.json marks a shard labelled with other settings "
+                                         r"\(label\.alpha: 0\.5 then, 0\.25 now\)"):
+        generate.run(_cfg(recipe_pth("raft_small"), videos, **{**LOOSE, "alpha": 0.25}), str(tmp_path),
+                     progress=False)
 
 
 def test_track_labels(recipe_pth, tmp_path):

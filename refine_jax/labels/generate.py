@@ -14,6 +14,8 @@ labelling config, the model fingerprint, counts and yield statistics, and, when 
 ground truth, the error of the kept labels against it next to the error of all estimates.
 A shard counts as done once its stats file exists (written after the shard was renamed into place),
 so an interrupted run redoes only unfinished shards and never leaves a finished-looking partial one.
+The stats file records the label settings and the model's sha256; a re-run with other ones refuses
+the finished shards instead of mixing two runs' labels under one manifest.
 """
 from __future__ import annotations
 
@@ -382,8 +384,37 @@ def _summary(stats: dict) -> dict:
     return out
 
 
+# Label settings that only split the work (or name the folder, or count rounds): a resumed run may
+# change them. Any other setting, or another model, makes other labels.
+WORK_SPLIT_ONLY = frozenset({"out", "batch", "num_devices", "query_chunk", "rounds"})
+
+
+def _label_key(lc: LabelConfig, model_sha256: str) -> dict:
+    """What a label shard depends on besides its input: the settings and the model's weights
+    (as JSON holds them, so that a stored key compares equal)."""
+    values = {k: v for k, v in dataclasses.asdict(lc).items() if k not in WORK_SPLIT_ONLY}
+    return json.loads(json.dumps({"label_settings": values, "model_sha256": model_sha256}))
+
+
+def _check_same_key(entry: dict, key: dict, stats_path: str) -> None:
+    """Raise when a finished shard (its stats file) was labelled with other settings or another
+    model than this run's, naming the differences. Shards from before keys were stored pass."""
+    if "label_settings" not in entry:
+        return
+    was, now = entry["label_settings"], key["label_settings"]
+    diffs = [f"label.{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
+             if was.get(k) != now.get(k)]
+    if entry.get("model_sha256") != key["model_sha256"]:
+        diffs.append(f"model weights sha256 {str(entry.get('model_sha256'))[:12]} then, "
+                     f"{key['model_sha256'][:12]} now")
+    if diffs:
+        raise ValueError(f"{stats_path} marks a shard labelled with other settings ({'; '.join(diffs)}); "
+                         f"label into a new work directory (or label.out) or use that run's settings")
+
+
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
-    """Label every input shard into WORKDIR/<label.out>; returns the manifest."""
+    """Label every input shard into WORKDIR/<label.out>; returns the manifest. Finished shards
+    are kept (resume) when they were labelled with the same settings and model, refused otherwise."""
     from tqdm import tqdm
     lc = LabelConfig.from_config(config.get("label"))
     init = init or config.init
@@ -396,6 +427,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         inputs.extend(sources.units(d))
     out_dir = os.path.join(workdir, lc.out)
     fs.makedirs(out_dir)
+    key = _label_key(lc, checkpoints.fingerprint(init))
     start, done_records = time.time(), 0
     mine = parallel.process_share(inputs)
     bar = tqdm(mine, desc=f"label ({loaded.arch})", unit="shard",
@@ -403,6 +435,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     for unit in bar:
         final, stats_path = _outputs(out_dir, unit)
         if fs.exists(stats_path) and fs.exists(final):
+            _check_same_key(fs.read_json(stats_path), key, stats_path)
             continue
         tmp = f"{final}.tmp"
         stats: dict = {}
@@ -417,10 +450,10 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
                 bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
         fs.replace(tmp, final)
         entry = {"file": os.path.basename(final), "records": records, "bytes": fs.size(final),
-                 "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats}
+                 "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats, **key}
         fs.write_json_atomic(stats_path, entry)
     parallel.barrier("label: shards written")
-    manifest = _manifest(inputs, out_dir, lc, init, loaded)
+    manifest = _manifest(inputs, out_dir, lc, init, loaded, key["model_sha256"])
     if parallel.is_main_process():
         fs.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), manifest)
     parallel.barrier("label: manifest written")
@@ -433,7 +466,7 @@ def _outputs(out_dir: str, unit: "sources.Unit") -> Tuple[str, str]:
     return (os.path.join(out_dir, f"{unit.name}.labels.tfrecord"), os.path.join(out_dir, f".{unit.name}.stats.json"))
 
 
-def _manifest(inputs, out_dir, lc, init, loaded) -> dict:
+def _manifest(inputs, out_dir, lc, init, loaded, model_sha256: str) -> dict:
     """The label manifest over every input shard's stats file, in input order."""
     per_shard = []
     for unit in inputs:
@@ -445,7 +478,7 @@ def _manifest(inputs, out_dir, lc, init, loaded) -> dict:
                 "files": [{k: e[k] for k in ("file", "records", "bytes", "sha256", "source")} for e in per_shard],
                 "records": sum(e["records"] for e in per_shard),
                 "label_config": dataclasses.asdict(lc), "model": fs.abspath(init),
-                "model_sha256": checkpoints.fingerprint(init), "model_arch": loaded.arch,
+                "model_sha256": model_sha256, "model_arch": loaded.arch,
                 "stats": _summary(total)}
     return manifest
 
