@@ -76,3 +76,15 @@ def horse10(root, rng, json_path=None):
     with open(json_path, "w") as f:
         json.dump({"images": images, "annotations": anns}, f)
     return json_path
+
+
+def middlebury(root, rng, scene="Motorcycle", h=6, w=8):
+    """SCENE/im0.png, im1.png and disp0.pfm written by hand as big-endian PFM (positive scale, rows
+    bottom to top), with two unknown (inf) disparities. Returns (im0, im1, disparity)."""
+    d = os.path.join(root, scene)
+    im0, im1 = image(os.path.join(d, "im0.png"), rng, h, w), image(os.path.join(d, "im1.png"), rng, h, w)
+    disp = rng.uniform(1, 5, (h, w)).astype(np.float32)
+    disp[0, 0] = disp[-1, 2] = np.inf
+    with open(os.path.join(d, "disp0.pfm"), "wb") as f:
+        f.write(f"Pf\n{w} {h}\n1.0\n".encode() + disp[::-1].astype(">f4").tobytes())
+    return im0, im1, disp

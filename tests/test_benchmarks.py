@@ -68,3 +68,31 @@ def test_horse10(tmp_path):
     assert b.tracks.shape == (22, 2, 2)
     np.testing.assert_allclose(b.tracks[0, :, 0], [2, 1])  # sorted by path: 0001 (id 1) then 0002 (id 0)
     assert not b.visible[5].any() and b.visible[0].all()
+
+
+def test_middlebury_stereo_as_flow(tmp_path):
+    im0, im1, disp = fabricate.middlebury(str(tmp_path / "midd"), RNG)
+    m = benchmarks.write_benchmark("middlebury", str(tmp_path / "out"), str(tmp_path / "midd"))
+    (clip,) = shards.read_clips(str(tmp_path / "out"))
+    assert m["records"] == 1 and clip.video_id == "Motorcycle"
+    np.testing.assert_array_equal(clip.frames, np.stack([im0, im1]))
+    known = np.isfinite(disp)
+    np.testing.assert_array_equal(clip.flow_valid[0], known)
+    np.testing.assert_array_equal(clip.flow[0][known], np.stack([-disp, 0 * disp], -1)[known])
+    # a scene folder itself is a root too; halving the size halves the flow (nearest to pixel centres)
+    (half,) = benchmarks.middlebury_clips(str(tmp_path / "midd" / "Motorcycle"), scale=0.5)
+    assert half.frames.shape == (2, 3, 4, 3)
+    np.testing.assert_array_equal(half.flow_valid[0], known[1::2, 1::2])
+    np.testing.assert_allclose(half.flow[0][half.flow_valid[0]][:, 0], -disp[1::2, 1::2][half.flow_valid[0]] * 0.5,
+                               rtol=1e-6)
+    (tmp_path / "midd" / "Motorcycle" / "disp0.pfm").write_bytes(b"Pf\n8 6\n-1.0\n" + bytes(10))
+    with pytest.raises(ValueError, match=r"disp0.pfm: PFM header says 8x6x1 \(204 bytes\), file has 22 bytes"):
+        list(benchmarks.middlebury_clips(str(tmp_path / "midd")))
+
+
+def test_pfm_round_trip(tmp_path):
+    from refine_jax.data import pfm
+    for shape in ((3, 5), (3, 5, 3)):
+        v = RNG.normal(size=shape).astype(np.float32)
+        pfm.write_pfm(str(tmp_path / "v.pfm"), v)
+        np.testing.assert_array_equal(pfm.read_pfm(str(tmp_path / "v.pfm")), v)

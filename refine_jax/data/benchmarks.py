@@ -3,6 +3,9 @@
 - MPI-Sintel: `training/{clean,final}/SCENE/frame_%04d.png`, `training/flow/SCENE/frame_%04d.flo`
   (flow from frame i to i+1), optional `training/occlusions/SCENE/frame_%04d.png` (255 = occluded).
   One record per scene and pass, with every pair's flow.
+- Middlebury stereo (2014 / MiddEval3 layout): SCENE/im0.png, im1.png, disp0.pfm (or disp0GT.pfm;
+  inf = unknown). One 2-frame record per scene, left to right, flow (-disparity, 0): real frames with
+  exact motion, for checking a flow model outside synthetic data.
 - TAP-Vid (DAVIS, RGB-Stacking) pickles: {name: {'video' uint8 (T,H,W,3), 'points' (N,T,2) (x,y)
   normalised to [0,1], 'occluded' bool (N,T)}}. Points are scaled by (W, H) as tapnet does. The
   pickle is read with an unpickler that only admits numpy arrays and builtins (no code runs).
@@ -16,6 +19,7 @@ Tracks are (N, T, 2) pixels (x, y), visible (N, T), query points (N, 3) rows (t,
 track's first visible frame.
 
   python -m refine_jax.data.benchmarks sintel --root=MPI-Sintel --out=DIR [--passes=clean,final] [--scenes=a,b]
+  python -m refine_jax.data.benchmarks middlebury --root=MIDDLEBURY --out=DIR [--scale=0.25] [--scenes=a,b]
   python -m refine_jax.data.benchmarks tapvid --root=tapvid_davis.pkl --out=DIR
   python -m refine_jax.data.benchmarks crohd --root=CroHD --out=DIR [--clip_len=8] [--stride=3] [--videos=HT21-01]
   python -m refine_jax.data.benchmarks horse10 --root=Horse10 --out=DIR [--json=FILE,...]
@@ -32,8 +36,8 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
-from refine_jax import cli
-from refine_jax.data import flo, frames as frames_lib
+from refine_jax import cli, fs
+from refine_jax.data import flo, frames as frames_lib, pfm
 from refine_jax.data.shards import Clip, ShardWriter
 
 
@@ -64,6 +68,58 @@ def sintel_clips(root: str, passes: Sequence[str] = ("clean", "final"),
                 valid.append(frames_lib.read_image(occ)[..., 0] < 128 if os.path.exists(occ)
                              else np.ones(flows[-1].shape[:2], bool))
             yield Clip(f"{pas}/{scene}", video, flow=np.stack(flows), flow_valid=np.stack(valid))
+
+
+# ----------------------------------------------------------------------------------------------- Middlebury stereo
+
+MIDDLEBURY_DISPARITY = ("disp0.pfm", "disp0GT.pfm")
+
+
+def middlebury_scenes(root: str) -> list:
+    """The scene folders under `root` (or `root` itself): folders with im0.png, im1.png and a left
+    disparity map (disp0.pfm, or disp0GT.pfm as in MiddEval3)."""
+    def is_scene(d):
+        return fs.exists(os.path.join(d, "im0.png")) and fs.exists(os.path.join(d, "im1.png"))
+    if is_scene(root):
+        return [root]
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"{root}: not found; expected a Middlebury scene folder or a folder of them")
+    scenes = [os.path.join(root, n) for n in sorted(fs.listdir(root)) if is_scene(os.path.join(root, n))]
+    if not scenes:
+        raise FileNotFoundError(f"{root}: no Middlebury scene (a folder with im0.png and im1.png) in it")
+    return scenes
+
+
+def middlebury_clips(root: str, scenes: Optional[Sequence[str]] = None, scale: float = 1.0) -> Iterator[Clip]:
+    """Rectified stereo pairs as 2-frame clips: frame 0 the left view, frame 1 the right, and the
+    flow from left to right (-disparity, 0), valid where the disparity is known (finite). `scale`
+    resizes both (the flow scales with the image): Middlebury 2014 scenes are ~3000 px wide, so a
+    model trained at a few hundred pixels sees them at 1/4 to 1/8."""
+    from PIL import Image
+    folders = middlebury_scenes(root)
+    if scenes:
+        folders = [f for f in folders if os.path.basename(f.rstrip("/")) in scenes]
+    for folder in folders:
+        disp_path = next((os.path.join(folder, n) for n in MIDDLEBURY_DISPARITY
+                          if fs.exists(os.path.join(folder, n))), None)
+        if disp_path is None:
+            raise FileNotFoundError(f"{folder}: no {' or '.join(MIDDLEBURY_DISPARITY)} (the left view's disparity)")
+        views = [frames_lib.read_image(os.path.join(folder, n)) for n in ("im0.png", "im1.png")]
+        disp = pfm.read_pfm(disp_path)
+        if disp.ndim != 2 or disp.shape != views[0].shape[:2] or views[1].shape != views[0].shape:
+            raise ValueError(f"{folder}: im0.png {views[0].shape[:2]}, im1.png {views[1].shape[:2]} and "
+                             f"{os.path.basename(disp_path)} {disp.shape} must be the same size")
+        if scale != 1.0:
+            h, w = (max(int(round(n * scale)), 1) for n in disp.shape)
+            views = [np.asarray(Image.fromarray(v).resize((w, h), Image.BILINEAR)) for v in views]
+            # nearest disparity at each new pixel's centre (no mixing of known and unknown values)
+            rows = np.minimum(((np.arange(h) + 0.5) * disp.shape[0] / h).astype(int), disp.shape[0] - 1)
+            cols = np.minimum(((np.arange(w) + 0.5) * disp.shape[1] / w).astype(int), disp.shape[1] - 1)
+            disp = disp[rows][:, cols] * (w / disp.shape[1])
+        valid = np.isfinite(disp)
+        flow = np.stack([-np.where(valid, disp, 0.0), np.zeros_like(disp)], -1).astype(np.float32)
+        yield Clip(os.path.basename(folder.rstrip("/")), np.stack(views), flow=flow[None],
+                   flow_valid=valid[None])
 
 
 # ----------------------------------------------------------------------------------------------- TAP-Vid
@@ -175,7 +231,8 @@ def horse10_clips(root: str, json_files: Sequence[str]) -> Iterator[Clip]:
                    query_points=first_visible_queries(tracks, visible))
 
 
-READERS = {"sintel": sintel_clips, "tapvid": tapvid_clips, "crohd": crohd_clips, "horse10": horse10_clips}
+READERS = {"sintel": sintel_clips, "middlebury": middlebury_clips, "tapvid": tapvid_clips, "crohd": crohd_clips,
+           "horse10": horse10_clips}
 
 
 def write_benchmark(kind: str, out: str, *args, fmt: str = "png", progress: bool = False, **kwargs) -> dict:
@@ -192,11 +249,13 @@ def write_benchmark(kind: str, out: str, *args, fmt: str = "png", progress: bool
 
 
 def reader_args(kind: str, root: str, passes: str = "", scenes: str = "", clip_len: int = 8, stride: int = 3,
-                videos: str = "", json_files: str = ""):
+                videos: str = "", json_files: str = "", scale: float = 1.0):
     """(args, kwargs) of READERS[kind] from command-line strings."""
     split = lambda text: [v for v in text.split(",") if v] or None
     if kind == "sintel":
         return (root,), {"passes": tuple(split(passes) or ("clean", "final")), "scenes": split(scenes)}
+    if kind == "middlebury":
+        return (root,), {"scenes": split(scenes), "scale": scale}
     if kind == "tapvid":
         return (root,), {}
     if kind == "crohd":
@@ -221,14 +280,15 @@ def main(argv) -> int:
     p.add_argument("--root", required=True, help="dataset root (TAP-Vid: the .pkl file)")
     p.add_argument("--out", required=True, help="shard folder to write")
     p.add_argument("--passes", default="", help="Sintel passes (default clean,final)")
-    p.add_argument("--scenes", default="", help="Sintel scenes (default all)")
+    p.add_argument("--scenes", default="", help="Sintel or Middlebury scenes (default all)")
+    p.add_argument("--scale", type=float, default=1.0, help="Middlebury: resize factor (flow scales with it)")
     p.add_argument("--clip_len", type=int, default=8, help="CroHD frames per record")
     p.add_argument("--stride", type=int, default=3, help="CroHD frame stride")
     p.add_argument("--videos", default="", help="CroHD videos (default all)")
     p.add_argument("--json", default="", help="Horse-10 annotation files")
     p.add_argument("--format", default="png", choices=("png", "jpeg"))
     a = p.parse_args(argv)
-    args, kwargs = reader_args(a.kind, a.root, a.passes, a.scenes, a.clip_len, a.stride, a.videos, a.json)
+    args, kwargs = reader_args(a.kind, a.root, a.passes, a.scenes, a.clip_len, a.stride, a.videos, a.json, a.scale)
     m = write_benchmark(a.kind, a.out, *args, fmt=a.format, progress=True, **kwargs)
     size = sum(f["bytes"] for f in m["files"])
     print(f"wrote {m['records']} records of {len(m['videos'])} videos ({m['frames']} frames) in "
