@@ -6,7 +6,8 @@ the pseudo-labels); and the trivial baseline, computed from the ground truth alo
 the query point held still with every point visible. A collapse towards no motion therefore shows
 up as 'after' drifting towards the baseline, and per speed bin.
 
-RAFT: every consecutive pair of every clip at full resolution; EPE over all pixels (Sintel "all")
+RAFT: every consecutive pair of every clip at full resolution; EPE over all pixels (Sintel "all";
+only the pixels with known ground truth where the data says flow_valid marks them, as Middlebury)
 and the 1/3/5 px rates, also per ground-truth speed bin (|flow| < 1, 1-4, 4-16, >= 16 px).
 PIPs: chained tracking of every clip from the GT query points; TAP-Vid metrics in the configured
 query mode (at the stored resolution, or rescaled to 256x256 with `eval.tapvid_256`), ATE/MTE,
@@ -90,10 +91,12 @@ def _label_config(config, iters: int):
 
 # ---------------------------------------------------------------------------------------------- flow
 
-def _flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str) -> Dict[str, float]:
-    """Sums that give EPE and the px rates over all pixels and per GT speed bin when divided."""
-    epe = np.linalg.norm(pred.astype(np.float64) - gt, axis=-1).ravel()
-    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel())
+def _flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str, known: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """Sums that give EPE and the px rates over the pixels with known GT (`known`, default all) and
+    per GT speed bin when divided."""
+    sel = slice(None) if known is None else np.asarray(known, bool).ravel()
+    epe = np.linalg.norm(pred.astype(np.float64) - gt, axis=-1).ravel()[sel]
+    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel()[sel])
     out = {f"{prefix}epe": epe.sum(), f"{prefix}1px": (epe < 1).sum(), f"{prefix}3px": (epe < 3).sum(),
            f"{prefix}5px": (epe < 5).sum()}
     for k, name in enumerate(bin_names()):
@@ -101,11 +104,13 @@ def _flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str) -> Dict[str, float
     return out
 
 
-def _flow_row(fw, valid, color, gt, frames1) -> Dict[str, float]:
-    """One pair: the sums of `_flow_sums` for the model and for zero flow, counts, diagnostics."""
-    row = {**_flow_sums(fw, gt, ""), **_flow_sums(np.zeros_like(gt), gt, "zero:"),
-           "pixels": float(gt[..., 0].size)}
-    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel())
+def _flow_row(fw, valid, color, gt, frames1, known: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """One pair: the sums of `_flow_sums` for the model and for zero flow over the pixels whose GT
+    is known (`known` (H, W) bool, default all), counts, and the label-free diagnostics over all."""
+    sel = slice(None) if known is None else np.asarray(known, bool).ravel()
+    row = {**_flow_sums(fw, gt, "", known), **_flow_sums(np.zeros_like(gt), gt, "zero:", known),
+           "pixels": float(np.linalg.norm(gt, axis=-1).ravel()[sel].size), "all_pixels": float(gt[..., 0].size)}
+    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel()[sel])
     for k, name in enumerate(bin_names()):
         row[f"pixels@{name}"] = float((which == k).sum())
     if valid is not None:
@@ -123,7 +128,7 @@ def _flow_metrics(rows: List[Dict[str, float]], prefix: str) -> Dict[str, float]
         out[f"epe@{name}"] = total(f"{prefix}epe@{name}") / m if m else float("nan")
     if not prefix and "cycle_pass" in rows[0]:
         passed = total("cycle_pass")
-        out["cycle_pass"] = passed / n
+        out["cycle_pass"] = passed / total("all_pixels")
         out["photometric_error"] = total("photometric_error") / passed if passed else float("nan")
     return out
 
@@ -140,7 +145,8 @@ def eval_flow(loaded, clips, ec: EvalConfig, config) -> dict:
             continue
         fw, valid, color = labeler.estimate(c.frames, f"frames of {c.video_id}")
         for t in range(len(fw)):
-            rows.append(_flow_row(fw[t], valid[t] if ec.label_free else None, color[t], c.flow[t], c.frames[t]))
+            rows.append(_flow_row(fw[t], valid[t] if ec.label_free else None, color[t], c.flow[t], c.frames[t],
+                                  None if c.flow_gt_known is None else c.flow_gt_known[t]))
         example = fw[0] if example is None else example
     z = np.zeros((1, 1, 2))
     rows = _gather(rows, _flow_row(z, np.zeros((1, 1), bool) if ec.label_free else None, z[..., 0], z, None))
@@ -149,7 +155,7 @@ def eval_flow(loaded, clips, ec: EvalConfig, config) -> dict:
     n = sum(r["pixels"] for r in rows)
     return {"model": _flow_metrics(rows, ""), "baseline": _flow_metrics(rows, "zero:"),
             "bins": {name: sum(r[f"pixels@{name}"] for r in rows) / n for name in bin_names()},
-            "example": example}
+            "gt_known": n / sum(r["all_pixels"] for r in rows), "example": example}
 
 
 # -------------------------------------------------------------------------------------------- tracks
@@ -339,7 +345,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               "model_before": fs.abspath(init or config.init), "clips": len(all_clips),
               "resolution": "256x256 (rescaled)" if (ec.tapvid_256 and not is_flow)
               else f"{all_clips[0].frames.shape[1]}x{all_clips[0].frames.shape[2]} (as stored)",
-              "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before["model"][primary]]]}
+              "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before["model"][primary]]],
+              "gt_known": m_before.get("gt_known", 1.0)}
     examples = {"before": m_before["example"]}
     for name, folder in (("after", os.path.join(trained, "model")),
                          ("oracle", os.path.join(oracle_dir(workdir), "model"))):
@@ -425,7 +432,9 @@ def _report(out_dir, r):
     lines = ["# Evaluation report", "",
              f"{r['clips']} clips, resolution {r['resolution']}"
              + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ". "
-             f"Trivial baseline: {r['baseline_name']}.", ""]
+             f"Trivial baseline: {r['baseline_name']}."
+             + (f" Flow metrics over the {100 * r['gt_known']:.1f} % of pixels with known ground truth."
+                if r.get("gt_known", 1.0) < 1 else ""), ""]
     if a:
         change = a[p] - b[p]
         lines += [f"**{p}** ({'lower' if r['lower_is_better'] else 'higher'} is better): "
@@ -443,6 +452,8 @@ def _report(out_dir, r):
     lines += ["| metric | better | baseline | before | after | change | improved | oracle |",
               "|---|---|---|---|---|---|---|---|"]
     for k, v in b.items():
+        if isinstance(v, float) and np.isnan(v) and "@" in k:
+            continue  # a speed bin without pixels or tracks
         av = a[k] if a else None
         ch = "" if av is None else f"{av - v:+.4f}"
         imp = {True: "yes", False: "**no**", None: ""}[r["improved"][k]] if a else ""
@@ -461,6 +472,8 @@ def _report(out_dir, r):
         if lab.get("per_speed_bin"):
             lines += ["| GT speed bin | yield | error kept | error all |", "|---|---|---|---|"]
             for k, v in sorted(lab["per_speed_bin"].items(), key=lambda kv: float(kv[0][1:].split(",")[0])):
+                if not v.get("n", 1):
+                    continue  # no labelled pixel or track moves at this speed
                 lines.append(f"| {k} | {v['yield']:.4f} | {_fmt(v['error_kept'])} | {_fmt(v['error_all'])} |")
             lines.append("")
     elif lab:

@@ -23,6 +23,7 @@ def test_sintel(tmp_path):
     np.testing.assert_array_equal(clip.frames, np.stack(frames))
     np.testing.assert_array_equal(clip.flow, np.stack(flows))
     assert not clip.flow_valid[0, :3].any() and clip.flow_valid[0, 3:].all() and clip.flow_valid[1].all()
+    assert clip.flow_gt_known is None  # Sintel's mask is occlusion: its EPE counts every pixel
 
 
 def test_tapvid_pickle_and_its_safety(tmp_path):
@@ -78,6 +79,9 @@ def test_middlebury_stereo_as_flow(tmp_path):
     np.testing.assert_array_equal(clip.frames, np.stack([im0, im1]))
     known = np.isfinite(disp)
     np.testing.assert_array_equal(clip.flow_valid[0], known)
+    # the manifest says flow_valid marks known ground truth, so evaluation skips the unknown pixels
+    assert m["flow_valid_means"] == "gt_known"
+    np.testing.assert_array_equal(clip.flow_gt_known, clip.flow_valid)
     np.testing.assert_array_equal(clip.flow[0][known], np.stack([-disp, 0 * disp], -1)[known])
     # a scene folder itself is a root too; halving the size halves the flow (nearest to pixel centres)
     (half,) = benchmarks.middlebury_clips(str(tmp_path / "midd" / "Motorcycle"), scale=0.5)

@@ -106,3 +106,20 @@ def test_a_study_cell_that_pretrains_keys_on_its_config_before_and_after_the_mod
     before = study.cell_key(c, wd)
     fs.makedirs(demo.pretrained_dir(wd))
     assert study.cell_key(c, wd) == before and before["model_sha256"] == "pretrained by the cell"
+
+
+def test_flow_metrics_skip_pixels_without_ground_truth():
+    """Where the data marks known GT (Middlebury), EPE, rates and bins count only those pixels;
+    the label-free diagnostics still count every pixel."""
+    gt = np.zeros((2, 4, 2))
+    gt[0, :, 0] = 2.0
+    pred = gt + np.array([1.0, 0.0])
+    pred[1] = 100.0                       # garbage where the GT is unknown
+    known = np.zeros((2, 4), bool)
+    known[0] = True
+    valid = np.ones((2, 4), bool)
+    rows = [evaluate._flow_row(pred, valid, np.zeros((2, 4)), gt, None, known)]
+    m = evaluate._flow_metrics(rows, "")
+    assert np.isclose(m["epe"], 1.0) and m["1px"] == 0 and m["3px"] == 1 and np.isclose(m["epe@[1,4)"], 1.0)
+    assert np.isnan(m["epe@[0,1)"]) and m["cycle_pass"] == 1.0
+    assert np.isclose(evaluate._flow_metrics(rows, "zero:")["epe"], 2.0)

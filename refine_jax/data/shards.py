@@ -12,6 +12,9 @@ One record is one clip:
 
 A folder of shards holds `NAME-00000-of-00004.tfrecord` ... and `manifest.json` with the files,
 their record counts, sizes and sha256, and the number of source frames overall and per video.
+flow_valid marks the pixels to train on (not occluded, as Sintel's masks); a manifest with
+`"flow_valid_means": "gt_known"` says it marks where the ground truth is known at all (Middlebury,
+KITTI), and evaluation then skips the other pixels (`Clip.flow_gt_known`).
 Shards and the manifest are written under temporary names and renamed when complete.
 """
 from __future__ import annotations
@@ -57,6 +60,12 @@ class Clip:
     tracks: Optional[np.ndarray] = None        # (N, T, 2) float32 px
     visible: Optional[np.ndarray] = None       # (N, T) bool
     query_points: Optional[np.ndarray] = None  # (N, 3) float32 (t, x, y)
+    # (T-1, H, W) bool where the GT flow is known; None: everywhere. Not stored per record: set from
+    # flow_valid when the folder's manifest says flow_valid_means 'gt_known'.
+    flow_gt_known: Optional[np.ndarray] = None
+
+
+GT_KNOWN = "gt_known"  # manifest["flow_valid_means"]: flow_valid marks known ground truth
 
 
 def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
@@ -271,5 +280,9 @@ def read_file(path: str) -> Iterator[Clip]:
 
 def read_clips(shard_dir: str, checksum: bool = True) -> Iterator[Clip]:
     """Every clip of a shard folder, in file order, decoded to numpy (for tools and tests)."""
+    gt_known = load_manifest(shard_dir).get("flow_valid_means") == GT_KNOWN
     for path in verify_shards(shard_dir, checksum):
-        yield from read_file(path)
+        for clip in read_file(path):
+            if gt_known and clip.flow_valid is not None:
+                clip.flow_gt_known = clip.flow_valid
+            yield clip
