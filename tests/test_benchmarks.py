@@ -82,7 +82,7 @@ def test_middlebury_stereo_as_flow(tmp_path):
     # the manifest says flow_valid marks known ground truth, so evaluation skips the unknown pixels
     assert m["flow_valid_means"] == "gt_known"
     np.testing.assert_array_equal(clip.flow_gt_known, clip.flow_valid)
-    np.testing.assert_array_equal(clip.flow[0][known], np.stack([-disp, 0 * disp], -1)[known])
+    np.testing.assert_array_equal(clip.flow[0][known], np.stack([-disp, np.zeros_like(disp)], -1)[known])
     # a scene folder itself is a root too; halving the size halves the flow (nearest to pixel centres)
     (half,) = benchmarks.middlebury_clips(str(tmp_path / "midd" / "Motorcycle"), scale=0.5)
     assert half.frames.shape == (2, 3, 4, 3)
