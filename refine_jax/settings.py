@@ -19,3 +19,12 @@ def as_dict(config) -> dict:
     """A whole config as plain JSON values (what provenance records): a ConfigDict through its
     JSON form, a dict as it is."""
     return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
+
+
+def differences(old, new, skip=frozenset(), prefix: str = "") -> list:
+    """'a.b: OLD then, NEW now' for every key path (sorted) where two JSON trees differ, a missing
+    key reading as None; key paths in `skip` are left out."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) if f"{prefix}{k}" not in skip
+                for d in differences(old.get(k), new.get(k), skip, f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]

@@ -80,7 +80,7 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> di
     if fs.exists(key_path) or fs.exists(path):
         old = fs.read_json(key_path) if fs.exists(key_path) else None
         if old != key:
-            why = "it records no cell.json" if old is None else _first_difference(old, key)
+            why = "it records no cell.json" if old is None else (settings.differences(old, key) or ["keys differ"])[0]
             raise ValueError(f"{workdir}: this study cell was run with another config or model "
                              f"({why}); pass a new --workdir or delete the folder")
     else:
@@ -89,15 +89,6 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> di
     if not fs.exists(path):
         main_lib.run(c, workdir)
     return fs.read_json(path)
-
-
-def _first_difference(old, new, prefix="") -> str:
-    """'a.b: OLD then, NEW now' for the first (sorted) key path where two JSON trees differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            if old.get(k) != new.get(k):
-                return _first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
-    return f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"
 
 
 def summarise(cells: Dict[tuple, dict]) -> List[dict]:

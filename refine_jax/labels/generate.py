@@ -401,12 +401,8 @@ def _check_same_key(entry: dict, key: dict, stats_path: str) -> None:
     model than this run's, naming the differences. Shards from before keys were stored pass."""
     if "label_settings" not in entry:
         return
-    was, now = entry["label_settings"], key["label_settings"]
-    diffs = [f"label.{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
-             if was.get(k) != now.get(k)]
-    if entry.get("model_sha256") != key["model_sha256"]:
-        diffs.append(f"model weights sha256 {str(entry.get('model_sha256'))[:12]} then, "
-                     f"{key['model_sha256'][:12]} now")
+    diffs = settings.differences({"label": entry["label_settings"], "model_sha256": entry.get("model_sha256")},
+                                 {"label": key["label_settings"], "model_sha256": key["model_sha256"]})
     if diffs:
         raise ValueError(f"{stats_path} marks a shard labelled with other settings ({'; '.join(diffs)}); "
                          f"label into a new work directory (or label.out) or use that run's settings")

@@ -203,16 +203,10 @@ def _check_resumable(saved: dict, meta: dict, ckpt_dir: str) -> None:
     """Raise when the checkpoints in ckpt_dir were written by a run whose training settings
     (train and augment sections, init, model) differ from this run's, naming each difference."""
     now = json.loads(json.dumps(meta))  # tuples as the saved JSON holds them (lists)
-    was, cur = saved.get("config", {}), now["config"]
-    diffs = [f"{sec}.{k}: {was.get(sec, {}).get(k)!r} then, {cur.get(sec, {}).get(k)!r} now"
-             for sec in ("train", "augment")
-             for k in sorted(set(was.get(sec, {})) | set(cur.get(sec, {})))
-             if f"{sec}.{k}" not in RESUMABLE_CHANGES and was.get(sec, {}).get(k) != cur.get(sec, {}).get(k)]
-    if saved.get("init") != now["init"]:
-        diffs.append(f"init: {saved.get('init')!r} then, {now['init']!r} now")
-    was_m, cur_m = saved.get("model", {}), now["model"]
-    diffs += [f"model.{k}: {was_m.get(k)!r} then, {cur_m.get(k)!r} now" for k in sorted(set(was_m) | set(cur_m))
-              if k != "lookup" and was_m.get(k) != cur_m.get(k)]  # the lookups give the same numbers
+    compared = lambda m: {"train": m.get("config", {}).get("train"), "augment": m.get("config", {}).get("augment"),
+                          "init": m.get("init"), "model": m.get("model")}
+    diffs = settings.differences(compared(saved), compared(now),
+                                 RESUMABLE_CHANGES | {"model.lookup"})  # the lookups give the same numbers
     if diffs:
         raise ValueError(f"{ckpt_dir} holds checkpoints of a run with other settings ({'; '.join(diffs)}); "
                          f"resume with that run's settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
