@@ -83,6 +83,11 @@ def test_middlebury_stereo_as_flow(tmp_path):
     assert m["flow_valid_means"] == "gt_known"
     np.testing.assert_array_equal(clip.flow_gt_known, clip.flow_valid)
     np.testing.assert_array_equal(clip.flow[0][known], np.stack([-disp, np.zeros_like(disp)], -1)[known])
+    # the shard stores flow_gt_known as flow_valid, so the two must agree
+    bad = shards.Clip("x", clip.frames, flow=clip.flow, flow_valid=clip.flow_valid, flow_gt_known=~clip.flow_valid)
+    with pytest.raises(ValueError, match="x: flow_gt_known is stored as flow_valid and must equal it"):
+        with shards.ShardWriter(str(tmp_path / "bad"), "bad") as w:
+            w.write_clip(bad)
     # a scene folder itself is a root too; halving the size halves the flow (nearest to pixel centres)
     (half,) = benchmarks.middlebury_clips(str(tmp_path / "midd" / "Motorcycle"), scale=0.5)
     assert half.frames.shape == (2, 3, 4, 3)

@@ -38,7 +38,7 @@ import numpy as np
 
 from refine_jax import cli, fs
 from refine_jax.data import flo, frames as frames_lib, pfm
-from refine_jax.data.shards import GT_KNOWN, Clip, ShardWriter
+from refine_jax.data.shards import Clip, ShardWriter
 
 
 def first_visible_queries(tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -231,9 +231,6 @@ def horse10_clips(root: str, json_files: Sequence[str]) -> Iterator[Clip]:
                    query_points=first_visible_queries(tracks, visible))
 
 
-# Benchmarks whose flow_valid marks where the ground truth is known (evaluation skips the rest);
-# Sintel's marks occlusion, and its EPE counts every pixel.
-GT_KNOWN_BENCHMARKS = ("middlebury",)
 READERS = {"sintel": sintel_clips, "middlebury": middlebury_clips, "tapvid": tapvid_clips, "crohd": crohd_clips,
            "horse10": horse10_clips}
 
@@ -243,8 +240,7 @@ def write_benchmark(kind: str, out: str, *args, fmt: str = "png", progress: bool
     from tqdm import tqdm
     if kind not in READERS:
         raise ValueError(f"unknown benchmark {kind!r}; expected one of {', '.join(READERS)}")
-    extra = {"benchmark": kind, **({"flow_valid_means": GT_KNOWN} if kind in GT_KNOWN_BENCHMARKS else {})}
-    with ShardWriter(out, kind, extra=extra) as writer:
+    with ShardWriter(out, kind, extra={"benchmark": kind}) as writer:
         for clip in tqdm(READERS[kind](*args, **kwargs), desc=kind, unit="clip", disable=not progress):
             writer.write_clip(clip, fmt, source_frames=len(clip.frames))
         if not writer.frames_per_video:

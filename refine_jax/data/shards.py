@@ -207,6 +207,10 @@ class ShardWriter:
 
     def write_clip(self, clip: Clip, fmt: str = "png", source_frames: Optional[int] = None) -> None:
         n = len(clip.frames) * clip.frame_stride if source_frames is None else source_frames
+        if clip.flow_gt_known is not None:  # stored as flow_valid, its meaning in the manifest
+            if clip.flow_valid is None or not np.array_equal(clip.flow_gt_known, clip.flow_valid):
+                raise ValueError(f"{clip.video_id}: flow_gt_known is stored as flow_valid and must equal it")
+            self.extra["flow_valid_means"] = GT_KNOWN
         self.write(clip_to_example(clip, fmt), clip.video_id, n)
 
     def close(self) -> dict:
