@@ -54,8 +54,9 @@ def get_config(arg=None):
     c.augment = ml_collections.ConfigDict({
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
         "asym_prob": 0.2, "crop": (128, 128), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
-    # The score-map loss as the reference refinement runs (and as the stand-in was trained). Measured
-    # on the demo's labels, delta_avg change for target seeds 0/1/2 (train + eval, 2026-11-27): with it
+    # The score-map loss as the reference refinement runs (and as the stand-in was trained). With the
+    # current stand-in this demo's delta_avg change is +0.0186 / +0.0143 / +0.0607 (target seeds
+    # 0/1/2). Measured with the previous one on the demo's labels (train + eval, 2026-11-27): with it
     # +0.0174 / +0.0121 / +0.0379, without +0.0152 / +0.0109 / +0.0363; lr 3e-4 +0.0230 / -0.0026 /
     # +0.0234; dropping tracks slower than 1 px/frame (label.min_speed=1) +0.0202 / +0.0041 (seeds 0, 1).
     c.train = ml_collections.ConfigDict({

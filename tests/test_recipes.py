@@ -84,13 +84,7 @@ def test_committed_standins_beat_the_trivial_baseline_on_a_new_source_video(arch
     assert m["model"][key] < 0.5 * m["baseline"][key], (m["model"][key], m["baseline"][key])
 
 
-@pytest.mark.parametrize("arch", [
-    "raft_small",
-    pytest.param("pips", marks=pytest.mark.xfail(
-        strict=True, reason="issue #11's bar (ATE <= 2 px and at most 1/5 of points held still on the recipe's "
-                            "held-out source videos) is not met yet by the PIPs stand-in: ATE 2.014 px, 0.202x; "
-                            "see model.json provenance.note")),
-])
+@pytest.mark.parametrize("arch", ["raft_small", "pips"])
 def test_committed_standins_meet_the_competence_bar(arch):
     """Competent (issue #11): on the recipe's held-out source videos, RAFT-small EPE <= 1 px and
     PIPs ATE <= 2 px, each at most 1/5 of the trivial baseline."""
