@@ -51,14 +51,16 @@ def test_eight_devices_give_the_single_device_labels(recipe_pth, videos, tmp_pat
 
 
 def test_resume_after_kill_equals_uninterrupted(recipe_pth, videos, tmp_path):
-    label = json.dumps({"num_devices": 1, **LOOSE})
-    args = [sys.executable, "-m", "refine_jax.labels.generate", f"--init={recipe_pth('raft_small')}",
-            f"--videos={videos}", f"--label={label}"]
-    # every leg runs as its own process: XLA:CPU rounds differently with 8 fake devices (pytest)
-    subprocess.run(args + [f"--workdir={tmp_path / 'ref'}"], check=True, capture_output=True)
+    """The stage killed with SIGKILL after its first shard, then re-run, writes exactly the labels
+    of an uninterrupted run (both of those run in this process)."""
+    label = {"num_devices": 1, **LOOSE}
+    generate.run(_cfg(recipe_pth("raft_small"), videos, **label), str(tmp_path / "ref"), progress=False)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + [f"--workdir={killed}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # this process's 8 CPU devices: XLA:CPU rounds differently with 1 and 8 host devices
+    proc = subprocess.Popen([sys.executable, "-m", "refine_jax.labels.generate", f"--init={recipe_pth('raft_small')}",
+                             f"--videos={videos}", f"--label={json.dumps(label)}", f"--workdir={killed}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "JAX_NUM_CPU_DEVICES": "8"})
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         lab = killed / "labels"
@@ -71,7 +73,7 @@ def test_resume_after_kill_equals_uninterrupted(recipe_pth, videos, tmp_path):
     names = os.listdir(killed / "labels")
     assert "manifest.json" not in names
     assert sum(f.endswith(".stats.json") for f in names) < 3  # it really stopped mid-run
-    subprocess.run(args + [f"--workdir={killed}"], check=True, capture_output=True)
+    generate.run(_cfg(recipe_pth("raft_small"), videos, **label), str(killed), progress=False)
     assert not [f for f in os.listdir(killed / "labels") if f.endswith(".tmp")]
     assert _outputs(str(killed)) == _outputs(str(tmp_path / "ref"))
 
