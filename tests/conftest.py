@@ -46,3 +46,17 @@ def converted(recipe_pth):
             cache[arch] = (cfg, variables)
         return cache[arch]
     return get
+
+
+# Test files by the seconds they took on 2 cores (cold compilation cache, 2026-11-27), heaviest
+# first. pytest-xdist hands whole files to its workers in collection order (with
+# --no-loadscope-reorder; by default it sorts files by their number of tests, which left the
+# one-test multi-process file for last): starting with the longest lets both workers end together.
+HEAVIEST_FIRST = ("test_recipes.py", "test_main_e2e.py", "test_trainer.py", "test_multiprocess.py",
+                  "test_labels.py", "test_lookup.py", "test_compile_report.py", "test_tfds.py",
+                  "test_compile_report_pips.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
