@@ -88,6 +88,13 @@ def test_middlebury_stereo_as_flow(tmp_path):
     with pytest.raises(ValueError, match="x: flow_gt_known is stored as flow_valid and must equal it"):
         with shards.ShardWriter(str(tmp_path / "bad"), "bad") as w:
             w.write_clip(bad)
+    # one folder's manifest gives flow_valid one meaning: a known-GT clip and a masked one cannot share it
+    masked = shards.Clip("y", clip.frames, flow=clip.flow, flow_valid=clip.flow_valid)
+    with pytest.raises(ValueError, match="y: its flow_valid is a validity mask but in Motorcycle, written "
+                                         "earlier to .*mixed, it marks known ground truth"):
+        with shards.ShardWriter(str(tmp_path / "mixed"), "mixed") as w:
+            w.write_clip(clip)
+            w.write_clip(masked)
     # a scene folder itself is a root too; halving the size halves the flow (nearest to pixel centres)
     (half,) = benchmarks.middlebury_clips(str(tmp_path / "midd" / "Motorcycle"), scale=0.5)
     assert half.frames.shape == (2, 3, 4, 3)

@@ -183,6 +183,7 @@ class ShardWriter:
         self._counts: List[int] = []
         self._writer = None
         self._bytes = 0
+        self._valid_means: Dict[str, tuple] = {}  # 'means' -> (meaning, first video id)
         self.frames_per_video: Dict[str, int] = {}
         self.manifest: Optional[dict] = None  # set by close()
 
@@ -210,8 +211,22 @@ class ShardWriter:
         if clip.flow_gt_known is not None:  # stored as flow_valid, its meaning in the manifest
             if clip.flow_valid is None or not np.array_equal(clip.flow_gt_known, clip.flow_valid):
                 raise ValueError(f"{clip.video_id}: flow_gt_known is stored as flow_valid and must equal it")
-            self.extra["flow_valid_means"] = GT_KNOWN
+        if clip.flow_valid is not None:
+            self._check_valid_meaning(clip)
         self.write(clip_to_example(clip, fmt), clip.video_id, n)
+
+    def _check_valid_meaning(self, clip: Clip) -> None:
+        """One folder's flow_valid has one meaning (the manifest records it once): known ground
+        truth, or a validity/occlusion mask that evaluation counts every pixel of."""
+        means = GT_KNOWN if clip.flow_gt_known is not None else "mask"
+        first = self._valid_means.setdefault("means", (means, clip.video_id))
+        if first[0] != means:
+            what = {GT_KNOWN: "marks known ground truth", "mask": "is a validity mask"}
+            raise ValueError(f"{clip.video_id}: its flow_valid {what[means]} but in {first[1]}, written "
+                             f"earlier to {self.out_dir}, it {what[first[0]]}; write the two kinds to "
+                             f"separate folders")
+        if means == GT_KNOWN:
+            self.extra["flow_valid_means"] = GT_KNOWN
 
     def close(self) -> dict:
         if self._writer is not None:
