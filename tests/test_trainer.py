@@ -149,6 +149,31 @@ def test_eight_devices_match_one(setup):
     assert (diff <= 1e-6).mean() > 0.995 and diff.max() <= 2 * lr0 + 1e-7
 
 
+def test_frozen_modules_stay_exact(setup):
+    """train.frozen: the named top-level modules keep their values bit for bit (no gradient, no
+    weight decay); the others train."""
+    import jax.numpy as jnp
+    from refine_jax import parallel
+    from refine_jax.data import pipeline
+    loaded = checkpoints.load_model(str(setup / "init"))
+    tc = trainer.TrainConfig(iters=2, batch_size=2, lr=2e-4, frozen=("fnet",))
+    tx = trainer.make_optimizer(tc)
+    batch = next(pipeline.ClipIterator(pipeline.PipelineConfig((str(setup / "src"),), clip_len=2, hop=1,
+                                                               batch_size=2, with_flow=True)))
+    batch = {k: v for k, v in batch.items() if k != "video_id"}
+    p = loaded.variables["params"]
+    state = trainer.TrainState(jnp.zeros((), jnp.int32), p, {}, tx.init(p), jax.random.PRNGKey(0))
+    step = trainer.make_train_step(loaded.cfg, tc, tx, parallel.make_mesh(1), freeze_bn=False)
+    for _ in range(2):
+        state, _ = step(state, batch)
+    before, after = (traverse_util.flatten_dict(jax.device_get(x)) for x in (p, state.params))
+    frozen = [k for k in before if k[0] == "fnet"]
+    trained = [k for k in before if k[0] == "update_block" and k[-1] == "kernel"]
+    assert frozen and trained
+    assert all(np.array_equal(before[k], after[k]) for k in frozen)
+    assert all(not np.array_equal(before[k], after[k]) for k in trained)
+
+
 def test_batch_must_split_over_devices(setup, tmp_path):
     with pytest.raises(ValueError, match=r"batch_size=2 \(the global batch\) must be a multiple of the 8 devices"):
         trainer.run(ml_collections.ConfigDict(_cfg(setup, num_devices=0)), str(tmp_path / "w"), progress=False)

@@ -58,9 +58,16 @@ def make_schedule(tc) -> optax.Schedule:
     raise ValueError(f"train.schedule must be 'onecycle', 'cosine' or 'constant', got {tc.schedule!r}")
 
 
+def _trainable(frozen):
+    """A mask over a params tree: False under the top-level modules named in `frozen`."""
+    return lambda params: {k: jax.tree_util.tree_map(lambda _: k not in frozen, v) for k, v in params.items()}
+
+
 def make_optimizer(tc) -> optax.GradientTransformation:
     tx = optax.chain(optax.clip_by_global_norm(tc.clip),
                      optax.adamw(make_schedule(tc), b1=0.9, b2=0.999, eps=1e-8, weight_decay=tc.weight_decay))
+    if getattr(tc, "frozen", ()):
+        tx = optax.masked(tx, _trainable(tuple(tc.frozen)))
     if tc.grad_accum > 1:  # the mean over micro-batches (the reference sums them, method.md Q8)
         tx = optax.MultiSteps(tx, every_k_schedule=tc.grad_accum)
     return tx
@@ -118,10 +125,15 @@ def make_train_step(model_cfg, tc, tx, mesh, freeze_bn: bool,
     over the mesh's 'data' axis; augmentation (`ac`) runs inside, keyed by fold_in(rng, step)."""
     loss_fn = _raft_loss(model_cfg, tc, freeze_bn) if isinstance(model_cfg, RAFTConfig) else _pips_loss(model_cfg, tc)
 
+    frozen = tuple(getattr(tc, "frozen", ()))
+
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         batch = augment.augment_batch(jax.random.fold_in(rng, 1), batch, ac)
-        (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        # frozen modules get no gradient, so XLA drops their backward pass
+        loss_of = lambda p, *a: loss_fn({k: jax.lax.stop_gradient(v) if k in frozen else v
+                                         for k, v in p.items()}, *a)
+        (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             state.params, state.batch_stats, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -149,6 +161,7 @@ class TrainConfig:
     score_map_loss: bool = False
     vis_loss: bool = False
     freeze_bn: bool = False        # RAFT: False = batch statistics (the reference refinement run)
+    frozen: Tuple[str, ...] = ()   # top-level modules not trained (e.g. 'fnet', the encoder)
     save_every: int = 50
     log_every: int = 10
     seed: int = 0
