@@ -172,6 +172,8 @@ def test_frozen_modules_stay_exact(setup):
     assert frozen and trained
     assert all(np.array_equal(before[k], after[k]) for k in frozen)
     assert all(not np.array_equal(before[k], after[k]) for k in trained)
+    with pytest.raises(ValueError, match=r"train.frozen names fnett, which this model does not have \(its modules: cnet, fnet, update_block\)"):
+        trainer.make_optimizer(trainer.TrainConfig(frozen=("fnett",))).init(p)
 
 
 def test_batch_must_split_over_devices(setup, tmp_path):

@@ -59,14 +59,21 @@ def make_schedule(tc) -> optax.Schedule:
 
 
 def _trainable(frozen):
-    """A mask over a params tree: False under the top-level modules named in `frozen`."""
-    return lambda params: {k: jax.tree_util.tree_map(lambda _: k not in frozen, v) for k, v in params.items()}
+    """A mask over a params tree: False under the top-level modules named in `frozen` (a name the
+    model lacks is an error, not a run that trains everything)."""
+    def mask(params):
+        unknown = sorted(set(frozen) - set(params))
+        if unknown:
+            raise ValueError(f"train.frozen names {', '.join(unknown)}, which this model does not have "
+                             f"(its modules: {', '.join(sorted(params))})")
+        return {k: jax.tree_util.tree_map(lambda _: k not in frozen, v) for k, v in params.items()}
+    return mask
 
 
 def make_optimizer(tc) -> optax.GradientTransformation:
     tx = optax.chain(optax.clip_by_global_norm(tc.clip),
                      optax.adamw(make_schedule(tc), b1=0.9, b2=0.999, eps=1e-8, weight_decay=tc.weight_decay))
-    if getattr(tc, "frozen", ()):
+    if tc.frozen:
         tx = optax.masked(tx, _trainable(tuple(tc.frozen)))
     if tc.grad_accum > 1:  # the mean over micro-batches (the reference sums them, method.md Q8)
         tx = optax.MultiSteps(tx, every_k_schedule=tc.grad_accum)
@@ -125,7 +132,7 @@ def make_train_step(model_cfg, tc, tx, mesh, freeze_bn: bool,
     over the mesh's 'data' axis; augmentation (`ac`) runs inside, keyed by fold_in(rng, step)."""
     loss_fn = _raft_loss(model_cfg, tc, freeze_bn) if isinstance(model_cfg, RAFTConfig) else _pips_loss(model_cfg, tc)
 
-    frozen = tuple(getattr(tc, "frozen", ()))
+    frozen = tuple(tc.frozen)
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
