@@ -24,7 +24,7 @@ import hashlib
 import io
 import json
 import os
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -183,7 +183,7 @@ class ShardWriter:
         self._counts: List[int] = []
         self._writer = None
         self._bytes = 0
-        self._valid_means: Dict[str, tuple] = {}  # 'means' -> (meaning, first video id)
+        self._valid_meaning: Optional[Tuple[str, str]] = None  # (meaning, first clip's video id)
         self.frames_per_video: Dict[str, int] = {}
         self.manifest: Optional[dict] = None  # set by close()
 
@@ -219,7 +219,9 @@ class ShardWriter:
         """One folder's flow_valid has one meaning (the manifest records it once): known ground
         truth, or a validity/occlusion mask that evaluation counts every pixel of."""
         means = GT_KNOWN if clip.flow_gt_known is not None else "mask"
-        first = self._valid_means.setdefault("means", (means, clip.video_id))
+        if self._valid_meaning is None:
+            self._valid_meaning = (means, clip.video_id)
+        first = self._valid_meaning
         if first[0] != means:
             what = {GT_KNOWN: "marks known ground truth", "mask": "is a validity mask"}
             raise ValueError(f"{clip.video_id}: its flow_valid {what[means]} but in {first[1]}, written "
