@@ -119,23 +119,32 @@ def test_nan_loss_names_the_step(setup, tmp_path):
         trainer.run(cfg, str(tmp_path / "w"), progress=False)
 
 
+def _first_batch(d, batch_size):
+    """The first batch of consecutive pairs with their flow from the module's source videos."""
+    from refine_jax.data import pipeline
+    batch = next(pipeline.ClipIterator(pipeline.PipelineConfig((str(d / "src"),), clip_len=2, hop=1,
+                                                               batch_size=batch_size, with_flow=True)))
+    return {k: v for k, v in batch.items() if k != "video_id"}
+
+
+def _fresh_state(params, tx):
+    import jax.numpy as jnp
+    return trainer.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), jax.random.PRNGKey(0))
+
+
 def test_eight_devices_match_one(setup):
     """One sharded step (batch 8 over 8 devices) equals the single-device step: same loss, gradient
     norm and updated parameters (float reduction order aside). Over several steps Adam magnifies
     those last-ulp differences where gradients are tiny, so this compares one step."""
     import jax.numpy as jnp
     from refine_jax import parallel
-    from refine_jax.data import pipeline
     loaded = checkpoints.load_model(str(setup / "init"))
     tc = trainer.TrainConfig(iters=2, batch_size=8, lr=2e-4)
     tx = trainer.make_optimizer(tc)
-    batch = next(pipeline.ClipIterator(pipeline.PipelineConfig((str(setup / "src"),), clip_len=2, hop=1,
-                                                               batch_size=8, with_flow=True)))
-    batch = {k: v for k, v in batch.items() if k != "video_id"}
+    batch = _first_batch(setup, 8)
     out = {}
     for n in (1, 8):
-        p = loaded.variables["params"]
-        state = trainer.TrainState(jnp.zeros((), jnp.int32), p, {}, tx.init(p), jax.random.PRNGKey(0))
+        state = _fresh_state(loaded.variables["params"], tx)
         step = trainer.make_train_step(loaded.cfg, tc, tx, parallel.make_mesh(n), freeze_bn=False)
         new, metrics = step(jax.tree_util.tree_map(jnp.array, state), batch)
         out[n] = jax.device_get((new.params, metrics))
@@ -152,17 +161,13 @@ def test_eight_devices_match_one(setup):
 def test_frozen_modules_stay_exact(setup):
     """train.frozen: the named top-level modules keep their values bit for bit (no gradient, no
     weight decay); the others train."""
-    import jax.numpy as jnp
     from refine_jax import parallel
-    from refine_jax.data import pipeline
     loaded = checkpoints.load_model(str(setup / "init"))
     tc = trainer.TrainConfig(iters=2, batch_size=2, lr=2e-4, frozen=("fnet",))
     tx = trainer.make_optimizer(tc)
-    batch = next(pipeline.ClipIterator(pipeline.PipelineConfig((str(setup / "src"),), clip_len=2, hop=1,
-                                                               batch_size=2, with_flow=True)))
-    batch = {k: v for k, v in batch.items() if k != "video_id"}
+    batch = _first_batch(setup, 2)
     p = loaded.variables["params"]
-    state = trainer.TrainState(jnp.zeros((), jnp.int32), p, {}, tx.init(p), jax.random.PRNGKey(0))
+    state = _fresh_state(p, tx)
     step = trainer.make_train_step(loaded.cfg, tc, tx, parallel.make_mesh(1), freeze_bn=False)
     for _ in range(2):
         state, _ = step(state, batch)
