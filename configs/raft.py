@@ -62,7 +62,7 @@ def get_config(arg=None):
         "steps": 35, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0,
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 12, "gamma": 0.85, "max_flow": 400.0,
         "mask_mode": "batch_mean", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
-        "data": "", "size": ()})
+        "data": "", "size": (), "frozen": ()})
     c.eval = ml_collections.ConfigDict({"iters": 12, "data": "", "curve": False, "label_free": True})
     if arg in (None, ""):
         return c
