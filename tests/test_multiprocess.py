@@ -46,11 +46,16 @@ def setup(tmp_path_factory):
     return d
 
 
+def _overrides(d) -> dict:
+    """The job's config changes from configs/raft.py:runlocal, by dotted key."""
+    return {"stages": ("label", "train", "eval"), "init": str(d / "init"), "data.videos": str(d / "videos"),
+            "train.batch_size": 8, "train.steps": 2, "train.save_every": 1, "augment.crop": (128, 128)}
+
+
 def _args(d, workdir):
     return [sys.executable, "-m", "refine_jax.main", f"--config={ROOT}/configs/raft.py:runlocal",
-            f"--workdir={workdir}", "--config.stages=label,train,eval", f"--config.init={d / 'init'}",
-            f"--config.data.videos={d / 'videos'}", "--config.train.batch_size=8",
-            "--config.train.steps=2", "--config.train.save_every=1", "--config.augment.crop=(128,128)"]
+            f"--workdir={workdir}",
+            *(f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in _overrides(d).items())]
 
 
 def _run_two_processes(d, workdir):
@@ -65,13 +70,15 @@ def _run_two_processes(d, workdir):
 
 
 def _run_one_process(d, workdir):
-    """The same job in this process, on its 8 CPU devices (as `_args` on the command line would)."""
+    """The same job in this process, on its 8 CPU devices."""
     from refine_jax import cli, main as main_lib
     c = cli.load_config(f"{ROOT}/configs/raft.py:runlocal")
-    c.stages = ("label", "train", "eval")
-    c.init, c.data.videos = str(d / "init"), str(d / "videos")
-    c.train.update({"batch_size": 8, "steps": 2, "save_every": 1})
-    c.augment.crop = (128, 128)
+    for key, value in _overrides(d).items():
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
     main_lib.run(c, str(workdir))
 
 
