@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 import orbax.checkpoint as ocp
 from etils import epath
@@ -61,6 +61,12 @@ def save_model(out_dir, cfg, variables, provenance: dict, replace: bool = False)
         if old.exists():
             old.rmtree()
     parallel.barrier(f"save_model {out}: renamed")
+
+
+def exported_steps(model_dir) -> Optional[int]:
+    """The training steps recorded by the model exported to model_dir, or None when there is none."""
+    path = os.path.join(model_dir, MODEL_JSON)
+    return fs.read_json(path)["provenance"].get("steps") if fs.exists(path) else None
 
 
 def init_variables(cfg, seed: int = 0) -> dict:

@@ -322,12 +322,27 @@ def _label_precision(trained: str) -> Optional[dict]:
     return out
 
 
+def _check_not_unfinished(model_dir: str, name: str) -> None:
+    """A training run whose checkpoints beside `model_dir` go further than the model it exported
+    there (none, or an earlier run's) was stopped, preempted or killed: reporting now would drop
+    the `name` row or show a stale model in it."""
+    ckpt_dir = os.path.join(os.path.dirname(model_dir), "checkpoints")
+    steps = [int(n) for n in (fs.listdir(ckpt_dir) if fs.isdir(ckpt_dir) else []) if n.isdigit()]
+    if steps and max(steps) > (checkpoints.exported_steps(model_dir) or 0):
+        raise ValueError(f"{ckpt_dir}: the training run for the '{name}' row stopped at step {max(steps)} "
+                         f"without exporting its model to {model_dir}; rerun its stage to finish it")
+
+
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
         trained: Optional[str] = None) -> dict:
     """Evaluate `init` (default config.init), the refined model in TRAINED/model (default
     WORKDIR; the last round's folder with label.rounds > 1) with the curve over TRAINED/checkpoints,
     the oracle in WORKDIR/oracle/model, and the trivial baseline; write WORKDIR/eval."""
     from refine_jax.oracle import oracle_dir
+    trained = trained or workdir
+    rows = (("after", os.path.join(trained, "model")), ("oracle", os.path.join(oracle_dir(workdir), "model")))
+    for name, folder in rows:
+        _check_not_unfinished(folder, name)
     ec = EvalConfig.from_config(config.get("eval"))
     before = checkpoints.load_model(init or config.init, config.get("runtime"))
     all_clips = _clips(ec, config)
@@ -337,7 +352,6 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     is_flow = before.cfg.arch != "pips"
     primary = "epe" if is_flow else "delta_avg"
     m_before = measure(before, clips, ec, config)
-    trained = trained or workdir
     result = {"primary": primary, "lower_is_better": lower_is_better(primary),
               "before": m_before["model"], "after": None, "oracle": None, "baseline": m_before["baseline"],
               "baseline_name": "zero flow" if is_flow else "query point held still",
@@ -348,8 +362,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               "query_mode": None if is_flow else ec.query_mode, "curve": [[0, m_before["model"][primary]]],
               "gt_known": m_before.get("gt_known", 1.0)}
     examples = {"before": m_before["example"]}
-    for name, folder in (("after", os.path.join(trained, "model")),
-                         ("oracle", os.path.join(oracle_dir(workdir), "model"))):
+    for name, folder in rows:
         if not fs.isdir(folder):
             continue
         loaded = checkpoints.load_model(folder, config.get("runtime"))

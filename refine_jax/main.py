@@ -87,6 +87,7 @@ def run(config, workdir: str) -> dict:
                 summary[f"label_round{r}"] = table["label"](config, trained, init=init)
                 summary[f"train_round{r}"] = out = table["train"](config, trained, init=init)
                 if out.get("preempted"):
+                    summary["preempted"] = f"train_round{r}"
                     return summary
                 init = out["model"]
             i += 2
@@ -94,7 +95,10 @@ def run(config, workdir: str) -> dict:
         logging.info("stage %s", name)
         summary[name] = (table[name](config, workdir, trained=trained) if name == "eval"
                          else table[name](config, workdir))
-        if name == "train" and summary[name].get("preempted"):
+        # a training stage (pretrain, train, oracle) that saved on SIGTERM: the later stages would
+        # read a model it has not written yet; rerunning the command resumes it
+        if isinstance(summary[name], dict) and summary[name].get("preempted"):
+            summary["preempted"] = name
             break
         i += 1
     return summary
@@ -124,7 +128,11 @@ def main(argv):
     if not parallel.is_main_process():
         return
     ev = summary.get("eval")
-    if ev:
+    if summary.get("preempted"):
+        stage = summary["preempted"]
+        print(f"preempted in the {stage} stage at step {summary[stage]['step']} (saved); "
+              f"rerun the same command to resume")
+    elif ev:
         p = ev["primary"]
         after = ev["after"][p] if ev["after"] else float("nan")
         print(f"{p}: before {ev['before'][p]:.4f} -> after {after:.4f}, {ev['baseline_name']} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from absl import flags, logging
@@ -70,9 +70,10 @@ def cell_key(config, workdir: str) -> dict:
     return {"config": recorded, "model_sha256": checkpoints.fingerprint(weights) if fs.exists(weights) else None}
 
 
-def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> dict:
+def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Optional[dict]:
     """One cell's eval metrics: read back when the cell finished with the same config and model,
-    else run. A cell folder left by another config or model is an error, not a silent reuse."""
+    else run; None when a SIGTERM stopped it (saved, to resume). A cell folder left by another
+    config or model is an error, not a silent reuse."""
     from refine_jax import main as main_lib
     c = cell_config(config, shift, severity, seed)
     path, key_path = os.path.join(workdir, "eval", "metrics.json"), os.path.join(workdir, CELL_JSON)
@@ -86,8 +87,8 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> di
     else:
         fs.makedirs(workdir)
         fs.write_json_atomic(key_path, key)
-    if not fs.exists(path):
-        main_lib.run(c, workdir)
+    if not fs.exists(path) and main_lib.run(c, workdir).get("preempted"):
+        return None
     return fs.read_json(path)
 
 
@@ -159,6 +160,9 @@ def main(argv):
                 wd = os.path.join(root, f"{shift}_{sev:g}", f"seed{seed}")
                 print(f"study: {shift} {sev:g} seed {seed} in {wd}", flush=True)
                 cells[(shift, sev, seed)] = run_cell(config, wd, shift, sev, seed)
+                if cells[(shift, sev, seed)] is None:
+                    print(f"study: preempted in {wd} (saved); rerun the same command to resume", flush=True)
+                    return
     rows = summarise(cells)
     text = table(rows)
     print(text)

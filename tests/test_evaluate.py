@@ -97,6 +97,31 @@ def test_a_study_cell_is_read_back_only_for_the_same_config_and_model(tmp_path):
         study.run_cell(config, wd, "fog", 1.0, 0)
 
 
+def test_a_preempted_study_cell_is_not_read_back_as_finished(monkeypatch, tmp_path):
+    """A SIGTERM in a cell's oracle stage leaves no metrics.json: the cell returns None (the study
+    stops, to resume), and the rerun runs it, rather than reading a report without the oracle."""
+    from refine_jax import cli, fs, main
+    config = cli.load_config("configs/raft.py")
+    ran = []
+    preempt = {"oracle": True}
+
+    def stage(name):
+        def run(config, workdir, **kwargs):
+            ran.append(name)
+            if name == "eval":
+                fs.makedirs(f"{workdir}/eval")
+                fs.write_json_atomic(f"{workdir}/eval/metrics.json", {"primary": "epe"})
+            return {"step": 1, "preempted": preempt.get(name, False)}
+        return run
+    monkeypatch.setattr(main, "stages", lambda: {n: stage(n) for n in ("generate", "label", "train", "oracle", "eval")})
+    wd = str(tmp_path / "fog_1" / "seed0")
+    assert study.run_cell(config, wd, "fog", 1.0, 0) is None
+    assert ran == ["generate", "label", "train", "oracle"]
+    preempt.clear()
+    assert study.run_cell(config, wd, "fog", 1.0, 0) == {"primary": "epe"}
+    assert ran[4:] == ["generate", "label", "train", "oracle", "eval"]
+
+
 def test_a_study_cell_that_pretrains_keys_on_its_config_before_and_after_the_model_exists(tmp_path):
     from refine_jax import cli, demo, fs
     config = cli.load_config("configs/raft.py")

@@ -110,6 +110,30 @@ def test_sigterm_saves_at_next_step_and_exits_zero(setup, tmp_path):
     assert out["preempted"] and 0 < out["step"] < 400
     with ocp.CheckpointManager(str(tmp_path / "w" / "checkpoints")) as m:
         assert m.latest_step() == out["step"]
+    # evaluating now would report without the refined model: refused before any model is loaded
+    from refine_jax import evaluate
+    with pytest.raises(ValueError, match=rf"the 'after' row stopped at step {out['step']} without exporting"):
+        evaluate.run(ml_collections.ConfigDict(_cfg(setup)), str(tmp_path / "eval"), trained=str(tmp_path / "w"))
+
+
+def test_a_preempted_training_stage_stops_the_job(monkeypatch, tmp_path):
+    """After a training stage (train, oracle, pretrain) saved on SIGTERM the job stops: the later
+    stages would read a model that stage has not written (eval used to report without the oracle)."""
+    from refine_jax import main
+    ran = []
+
+    def stage(name, out):
+        def run(config, workdir, **kwargs):
+            ran.append(name)
+            return out
+        return run
+    monkeypatch.setattr(main, "stages", lambda: {
+        "label": stage("label", {}), "train": stage("train", {"step": 6, "preempted": False}),
+        "oracle": stage("oracle", {"step": 3, "preempted": True}), "eval": stage("eval", {})})
+    config = ml_collections.ConfigDict({"stages": "label,train,oracle,eval", "init": "init", "label": {"rounds": 1},
+                                        "data": {"videos": "videos"}})
+    summary = main.run(config, str(tmp_path))
+    assert ran == ["label", "train", "oracle"] and summary["preempted"] == "oracle"
 
 
 def test_nan_loss_names_the_step(setup, tmp_path):

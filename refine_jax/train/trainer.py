@@ -206,12 +206,6 @@ class _Preempted:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def _exported_steps(model_dir: str) -> Optional[int]:
-    """The step count of the model already exported to model_dir, or None when there is none."""
-    path = os.path.join(model_dir, checkpoints.MODEL_JSON)
-    return fs.read_json(path)["provenance"].get("steps") if fs.exists(path) else None
-
-
 # What a resumed run may change: how long it trains and how it logs and saves. Anything else
 # (learning rate, batch, data, augmentation, init) would continue one run's optimiser state under
 # another run's settings, and the exported model would record settings it was not trained with.
@@ -331,7 +325,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             bar.close()
     model_dir = os.path.join(workdir, "model")
     parallel.barrier("train: before export")  # every process sees the same model_dir
-    if _exported_steps(model_dir) != int(state.step):  # none yet, or from a run since extended
+    if checkpoints.exported_steps(model_dir) != int(state.step):  # none yet, or from a run since extended
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
         checkpoints.save_model(model_dir, model_cfg, parallel.to_host(variables),
                                {"trained_from": fs.abspath(init), "steps": int(state.step),
