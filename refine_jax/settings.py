@@ -23,8 +23,11 @@ def as_dict(config) -> dict:
 
 def differences(old, new, skip=frozenset(), prefix: str = "") -> list:
     """'a.b: OLD then, NEW now' for every key path (sorted) where two JSON trees differ, a missing
-    key reading as None; key paths in `skip` are left out."""
+    key reading as None and None as an empty list or string (a setting added since, at its empty
+    default, changes nothing); key paths in `skip` are left out."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new)) if f"{prefix}{k}" not in skip
                 for d in differences(old.get(k), new.get(k), skip, f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]
+    empty = lambda v: v is None or (isinstance(v, (list, tuple, str)) and not v)
+    same = old == new or (empty(old) and empty(new))
+    return [] if same else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]

@@ -80,10 +80,10 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Op
     key = cell_key(c, workdir)
     if fs.exists(key_path) or fs.exists(path):
         old = fs.read_json(key_path) if fs.exists(key_path) else None
-        if old != key:
-            why = "it records no cell.json" if old is None else (settings.differences(old, key) or ["keys differ"])[0]
+        diffs = ["it records no cell.json"] if old is None else settings.differences(old, key)
+        if diffs:
             raise ValueError(f"{workdir}: this study cell was run with another config or model "
-                             f"({why}); pass a new --workdir or delete the folder")
+                             f"({diffs[0]}); pass a new --workdir or delete the folder")
     else:
         fs.makedirs(workdir)
         fs.write_json_atomic(key_path, key)

@@ -1,7 +1,9 @@
 """The eval stage's arithmetic and report, and the shift study's summary, on hand-made numbers."""
+import json
+
 import numpy as np
 
-from refine_jax import evaluate, study
+from refine_jax import evaluate, settings, study
 from refine_jax.data import synthetic
 
 
@@ -87,6 +89,13 @@ def test_a_study_cell_is_read_back_only_for_the_same_config_and_model(tmp_path):
     fs.write_json_atomic(f"{wd}/cell.json", key)
     fs.write_json_atomic(f"{wd}/eval/metrics.json", {"primary": "epe", "before": {"epe": 2.0}})
     assert study.run_cell(config, wd, "fog", 1.0, 0)["before"] == {"epe": 2.0}
+    # a cell recorded before a setting existed (train.frozen, empty by default) is the same cell
+    older = json.loads(json.dumps(key))
+    del older["config"]["train"]["frozen"]
+    fs.write_json_atomic(f"{wd}/cell.json", older)
+    assert study.run_cell(config, wd, "fog", 1.0, 0)["before"] == {"epe": 2.0}
+    assert settings.differences({"a": None}, {"a": [], "b": ""}) == []
+    assert settings.differences({"a": None}, {"a": ["fnet"]}) == ["a: None then, ['fnet'] now"]
     other = cli.load_config("configs/raft.py")
     other.train.steps = config.train.steps + 7
     with pytest.raises(ValueError, match=rf"another config or model \(config\.train\.steps: {config.train.steps} "
