@@ -326,8 +326,12 @@ def _check_not_unfinished(model_dir: str, name: str) -> None:
     """A training run whose checkpoints beside `model_dir` go further than the model it exported
     there (none, or an earlier run's) was stopped, preempted or killed: reporting now would drop
     the `name` row or show a stale model in it."""
-    ckpt_dir = os.path.join(os.path.dirname(model_dir), "checkpoints")
-    steps = [int(n) for n in (fs.listdir(ckpt_dir) if fs.isdir(ckpt_dir) else []) if n.isdigit()]
+    import orbax.checkpoint as ocp
+    ckpt_dir = fs.abspath(os.path.join(os.path.dirname(model_dir), "checkpoints"))
+    if not fs.isdir(ckpt_dir):
+        return
+    with ocp.CheckpointManager(ckpt_dir) as m:
+        steps = list(m.all_steps())
     if steps and max(steps) > (checkpoints.exported_steps(model_dir) or 0):
         raise ValueError(f"{ckpt_dir}: the training run for the '{name}' row stopped at step {max(steps)} "
                          f"without exporting its model to {model_dir}; rerun its stage to finish it")

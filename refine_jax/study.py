@@ -159,10 +159,11 @@ def main(argv):
             for seed in map(int, f.seeds):
                 wd = os.path.join(root, f"{shift}_{sev:g}", f"seed{seed}")
                 print(f"study: {shift} {sev:g} seed {seed} in {wd}", flush=True)
-                cells[(shift, sev, seed)] = run_cell(config, wd, shift, sev, seed)
-                if cells[(shift, sev, seed)] is None:
+                cell = run_cell(config, wd, shift, sev, seed)
+                if cell is None:
                     print(f"study: preempted in {wd} (saved); rerun the same command to resume", flush=True)
                     return
+                cells[(shift, sev, seed)] = cell
     rows = summarise(cells)
     text = table(rows)
     print(text)
