@@ -75,6 +75,9 @@ def run(config, workdir: str) -> dict:
     for name in names:
         if name not in table:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(table)}")
+    if "oracle" in names and "generate" not in names:  # refuse now, not after the training stages
+        from refine_jax import oracle
+        oracle.check_ground_truth(config)
     rounds = max(int(config.label.get("rounds", 1)), 1)
     trained, i = workdir, 0
     while i < len(names):
@@ -133,11 +136,14 @@ def main(argv):
         print(f"preempted in the {stage} stage at step {summary[stage]['step']} (saved); "
               f"rerun the same command to resume")
     elif ev:
-        p = ev["primary"]
-        after = ev["after"][p] if ev["after"] else float("nan")
-        print(f"{p}: before {ev['before'][p]:.4f} -> after {after:.4f}, {ev['baseline_name']} "
-              f"{ev['baseline'][p]:.4f}" + (f", oracle {ev['oracle'][p]:.4f}" if ev.get("oracle") else "")
-              + f" (report: {os.path.join(workdir, 'eval', 'report.md')})")
+        shown = [ev["primary"]] if ev.get("ground_truth", True) else ["cycle_pass", "photometric_error"]
+        lines = []
+        for p in shown:
+            after = ev["after"][p] if ev["after"] else float("nan")
+            lines.append(f"{p}: before {ev['before'][p]:.4f} -> after {after:.4f}, {ev['baseline_name']} "
+                         f"{ev['baseline'][p]:.4f}" + (f", oracle {ev['oracle'][p]:.4f}" if ev.get("oracle") else ""))
+        print(("" if ev.get("ground_truth", True) else "no ground truth, label-free diagnostics only: ")
+              + "; ".join(lines) + f" (report: {os.path.join(workdir, 'eval', 'report.md')})")
     else:
         print(json.dumps({k: (v if isinstance(v, (int, float, str)) else "done") for k, v in summary.items()}))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 
+from refine_jax.data import sources
 from refine_jax.train import trainer
 
 
@@ -18,8 +19,25 @@ def oracle_dir(workdir: str) -> str:
     return os.path.join(workdir, "oracle")
 
 
+def data_of(config) -> str:
+    """The oracle's training data: the evaluation videos."""
+    return config.eval.get("data") or config.data.videos
+
+
+def check_ground_truth(config) -> None:
+    """Refuse, in one sentence, evaluation videos whose first clip carries no ground-truth flow or
+    tracks (a user's own footage): there is nothing for the oracle to train on."""
+    for source in sources.split_sources(data_of(config)):
+        clip = next(iter(sources.read_clips(source, checksum=False)), None)
+        if clip is not None and clip.flow is None and clip.tracks is None:
+            raise ValueError(f"{source}: the oracle stage trains on ground-truth flow or tracks, and its first clip "
+                             f"({clip.video_id}) carries neither; leave the stage out "
+                             f"(--config.stages=label,train,eval reports the label-free diagnostics)")
+
+
 def run(config, workdir: str) -> dict:
+    check_ground_truth(config)
     c = copy.deepcopy(config)
-    c.train.data = config.eval.get("data") or config.data.videos
+    c.train.data = data_of(config)
     c.train.keep_checkpoints = 1
     return trainer.run(c, oracle_dir(workdir), init=config.init)

@@ -18,11 +18,12 @@ def test_flow_metrics_per_speed_bin_and_zero_baseline():
     valid = np.zeros((4, 8), bool)
     valid[:2] = True
     color = np.full((4, 8), 2.0 / 255)
-    rows = [evaluate._flow_row(pred, valid, color, gt, None)]
+    rows = [evaluate._flow_row(pred, gt)]
     m = evaluate._flow_metrics(rows, "")
     assert np.isclose(m["epe"], 5.0 / 4) and np.isclose(m["1px"], 0.75) and np.isclose(m["5px"], 0.75)
     assert m["epe@[0,1)"] == 0 and m["epe@[4,16)"] == 0 and np.isclose(m["epe@[16,inf)"], 5.0)
-    assert np.isclose(m["cycle_pass"], 0.5) and np.isclose(m["photometric_error"], 2.0)
+    free = evaluate._label_free_metrics([evaluate._label_free_row(valid, color)])
+    assert np.isclose(free["cycle_pass"], 0.5) and np.isclose(free["photometric_error"], 2.0)
     z = evaluate._flow_metrics(rows, "zero:")
     assert np.isclose(z["epe"], (0.5 + 2 + 8 + 20) / 4) and np.isclose(z["epe@[4,16)"], 8.0)
     assert "cycle_pass" not in z
@@ -151,9 +152,10 @@ def test_flow_metrics_skip_pixels_without_ground_truth():
     pred[1] = 100.0                       # garbage where the GT is unknown
     known = np.zeros((2, 4), bool)
     known[0] = True
-    valid = np.ones((2, 4), bool)
-    rows = [evaluate._flow_row(pred, valid, np.zeros((2, 4)), gt, None, known)]
+    rows = [evaluate._flow_row(pred, gt, known)]
     m = evaluate._flow_metrics(rows, "")
     assert np.isclose(m["epe"], 1.0) and m["1px"] == 0 and m["3px"] == 1 and np.isclose(m["epe@[1,4)"], 1.0)
-    assert np.isnan(m["epe@[0,1)"]) and m["cycle_pass"] == 1.0
+    assert np.isnan(m["epe@[0,1)"])
+    assert evaluate._label_free_metrics([evaluate._label_free_row(np.ones((2, 4), bool), np.zeros((2, 4)))]) == \
+        {"cycle_pass": 1.0, "photometric_error": 0.0}
     assert np.isclose(evaluate._flow_metrics(rows, "zero:")["epe"], 2.0)

@@ -119,6 +119,7 @@ class FlowLabeler:
         self.variables, self.lc, self.mesh = variables, lc, mesh
         iters = lc.iters or 32
         check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow, lc.color_noise, lc.color_gain)
+        self.check = check
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
         jitted = _flow_label_fn(cfg, iters, check, mesh)
         self.variables = parallel.put(variables, r)

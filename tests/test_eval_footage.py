@@ -1,0 +1,54 @@
+"""The eval stage on a user's own footage, which carries no ground truth: the committed stand-in
+models, real shards on disk, the label-free report; and the oracle refusing such data at once."""
+import json
+
+import numpy as np
+import pytest
+
+from refine_jax import demo, evaluate, main
+from refine_jax.data import shards, synthetic
+from test_recipes import load_config
+
+
+def _footage(out_dir, frames: int, size, videos: int = 2) -> str:
+    """Procedural target videos written as frames only, as `refine_jax.ingest` writes a user's."""
+    with shards.ShardWriter(str(out_dir), "mine") as w:
+        for k in range(videos):
+            c = synthetic.render_video(synthetic.PRESETS["target"], k, frames, *size, video_id=f"mine-{k}")
+            w.write_clip(shards.Clip(c.video_id, c.frames, fps=c.fps))
+    return str(out_dir)
+
+
+@pytest.mark.parametrize("arch", ["raft_small", "pips"])
+def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path):
+    is_flow = arch == "raft_small"
+    config = load_config("raft" if is_flow else "pips", "runlocal")
+    config.data.videos = _footage(tmp_path / "shards", 3 if is_flow else 8, (128, 128) if is_flow else (64, 64))
+    config.init = demo.standin_dir(arch)
+    config.eval.curve = False
+    if not is_flow:
+        config.demo.model.stride = 4  # the committed stand-in's
+        config.eval.stride = config.label.stride = 4
+    r = evaluate.run(config, str(tmp_path / "run"), progress=False)
+
+    assert r["ground_truth"] is False and r["primary"] == "cycle_pass" and r["after"] is None
+    assert set(r["before"]) == {"cycle_pass", "photometric_error"} and r["speed_bins"] == {}
+    assert 0 <= r["before"]["cycle_pass"] <= 1 and np.isfinite(r["before"]["photometric_error"])
+    # zero motion is the label-free baseline: cycle-consistent everywhere, only the colour check
+    # (flow) removes pixels, and every point held still passes (tracks)
+    base = r["baseline"]
+    assert base["cycle_pass"] >= r["before"]["cycle_pass"] and np.isfinite(base["photometric_error"])
+    if not is_flow:
+        assert base["cycle_pass"] == 1.0
+    saved = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert saved["before"]["cycle_pass"] == pytest.approx(r["before"]["cycle_pass"])
+    report = (tmp_path / "run" / "eval" / "report.md").read_text()
+    assert "No evaluation clip carries ground truth" in report and "| cycle_pass | higher |" in report
+    assert "flow_gt.png" not in report and "ground-truth speed bin" not in report
+
+    # the oracle trains on ground truth: the job refuses before any stage runs, in one sentence
+    config.stages = ("label", "train", "oracle", "eval")
+    with pytest.raises(ValueError, match=r"shards: the oracle stage trains on ground-truth flow or tracks, "
+                                         r"and its first clip \(mine-0\) carries neither"):
+        main.run(config, str(tmp_path / "run2"))
+    assert not (tmp_path / "run2" / "labels").exists()
