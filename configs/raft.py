@@ -61,7 +61,7 @@ def get_config(arg=None):
     # That is one training seed: train.seed 1 gives -6.0 / -4.3 / +2.2 %, seed 2 -8.2 / -2.9 / -4.9 %;
     # frozen=("fnet",) (2.7 against 3.1 s/step) -7.0 / -5.9 / -5.0 % and, with seed 1, -5.9 / -3.2 / +3.8 %.
     c.train = ml_collections.ConfigDict({
-        "steps": 35, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0,
+        "steps": 35, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0, "warmup": 0.1,
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 12, "gamma": 0.85, "max_flow": 400.0,
         "mask_mode": "batch_mean", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "size": (), "frozen": ()})

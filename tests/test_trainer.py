@@ -216,6 +216,9 @@ def test_schedules():
     s = trainer.make_schedule(tc)
     assert float(s(0)) == pytest.approx(4e-6, rel=1e-5) and float(s(109)) == pytest.approx(1e-4, rel=1e-3)
     assert float(s(1000)) == pytest.approx(1e-5, rel=0.1)
+    w = trainer.make_schedule(trainer.TrainConfig(lr=1e-4, steps=35, warmup=0.3))  # peak at 0.3 * 35 - 1
+    assert float(w(0)) == pytest.approx(4e-6, rel=1e-5) and float(w(9)) == pytest.approx(1e-4, rel=1e-5)
+    assert float(w(5)) < float(w(9)) and float(w(12)) < float(w(9))
     c = trainer.make_schedule(trainer.TrainConfig(lr=1e-5, schedule="cosine", schedule_steps=825))
     assert float(c(0)) == pytest.approx(1e-5, rel=1e-5) and float(c(825)) == pytest.approx(0, abs=1e-12)
     assert float(c(625)) == pytest.approx(1e-5 * 0.5 * (1 + np.cos(np.pi * 625 / 825)), rel=1e-4)

@@ -43,12 +43,13 @@ class TrainState:
 
 
 def make_schedule(tc) -> optax.Schedule:
-    """'onecycle': linear from lr/25 up to lr over the first 10% of `schedule_steps`, then linearly
-    down to lr/25/1e4 (PyTorch OneCycleLR, anneal 'linear'); 'cosine': lr * (1 + cos(pi t / T)) / 2
-    with T = `schedule_steps`; 'constant'. Counted in optimizer updates."""
+    """'onecycle': linear from lr/25 up to lr over the first `warmup` share (reference 0.1) of
+    `schedule_steps`, then linearly down to lr/25/1e4 (PyTorch OneCycleLR, anneal 'linear');
+    'cosine': lr * (1 + cos(pi t / T)) / 2 with T = `schedule_steps`; 'constant'. Counted in
+    optimizer updates."""
     lr, total = tc.lr, max(int(tc.schedule_steps or tc.steps), 1)
     if tc.schedule == "onecycle":
-        warm = max(int(0.1 * total) - 1, 1)
+        warm = max(int(tc.warmup * total) - 1, 1)
         return optax.join_schedules([optax.linear_schedule(lr / 25, lr, warm),
                                      optax.linear_schedule(lr, lr / 25 / 1e4, total - warm)], [warm])
     if tc.schedule == "cosine":
@@ -158,6 +159,7 @@ class TrainConfig:
     lr: float = 1e-4
     schedule: str = "onecycle"
     schedule_steps: int = 0        # 0: `steps` (the reference RAFT run uses 1100 with 1000 steps)
+    warmup: float = 0.1            # 'onecycle': the share of schedule_steps spent rising (PyTorch pct_start)
     weight_decay: float = 1e-4
     clip: float = 5.0
     grad_accum: int = 1
