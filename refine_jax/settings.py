@@ -21,13 +21,20 @@ def as_dict(config) -> dict:
     return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
 
 
-def differences(old, new, skip=frozenset(), prefix: str = "") -> list:
-    """'a.b: OLD then, NEW now' for every key path (sorted) where two JSON trees differ, a missing
-    key reading as None and None as an empty list or string (a setting added since, at its empty
-    default, changes nothing); key paths in `skip` are left out."""
+def defaults(**sections) -> dict:
+    """{name: the default values of the frozen dataclass, as JSON} for `differences`."""
+    return {name: json.loads(json.dumps(dataclasses.asdict(cls()))) for name, cls in sections.items()}
+
+
+def differences(old, new, skip=frozenset(), prefix: str = "", defaults=None) -> list:
+    """'a.b: OLD then, NEW now' for every key path (sorted) where two JSON trees differ; key paths
+    in `skip` are left out. A setting added since an old tree was saved must not read as a change:
+    a key missing from a tree reads as its value in `defaults` (a tree of the same shape, see
+    `defaults()`), else as None, and None as an empty list or string."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new)) if f"{prefix}{k}" not in skip
-                for d in differences(old.get(k), new.get(k), skip, f"{prefix}{k}.")]
+        d = defaults if isinstance(defaults, dict) else {}
+        return [x for k in sorted(set(old) | set(new)) if f"{prefix}{k}" not in skip
+                for x in differences(old.get(k, d.get(k)), new.get(k, d.get(k)), skip, f"{prefix}{k}.", d.get(k))]
     empty = lambda v: v is None or (isinstance(v, (list, tuple, str)) and not v)
     same = old == new or (empty(old) and empty(new))
     return [] if same else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]

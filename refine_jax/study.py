@@ -70,6 +70,15 @@ def cell_key(config, workdir: str) -> dict:
     return {"config": recorded, "model_sha256": checkpoints.fingerprint(weights) if fs.exists(weights) else None}
 
 
+def _key_defaults() -> dict:
+    """The settings' defaults, for a cell key saved before a setting existed."""
+    from refine_jax.evaluate import EvalConfig
+    from refine_jax.labels.generate import LabelConfig
+    from refine_jax.train.augment import AugmentConfig
+    from refine_jax.train.trainer import TrainConfig
+    return {"config": settings.defaults(train=TrainConfig, augment=AugmentConfig, label=LabelConfig, eval=EvalConfig)}
+
+
 def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Optional[dict]:
     """One cell's eval metrics: read back when the cell finished with the same config and model,
     else run; None when a SIGTERM stopped it (saved, to resume). A cell folder left by another
@@ -80,7 +89,7 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Op
     key = cell_key(c, workdir)
     if fs.exists(key_path) or fs.exists(path):
         old = fs.read_json(key_path) if fs.exists(key_path) else None
-        diffs = ["it records no cell.json"] if old is None else settings.differences(old, key)
+        diffs = ["it records no cell.json"] if old is None else settings.differences(old, key, defaults=_key_defaults())
         if diffs:
             raise ValueError(f"{workdir}: this study cell was run with another config or model "
                              f"({diffs[0]}); pass a new --workdir or delete the folder")

@@ -90,13 +90,16 @@ def test_a_study_cell_is_read_back_only_for_the_same_config_and_model(tmp_path):
     fs.write_json_atomic(f"{wd}/cell.json", key)
     fs.write_json_atomic(f"{wd}/eval/metrics.json", {"primary": "epe", "before": {"epe": 2.0}})
     assert study.run_cell(config, wd, "fog", 1.0, 0)["before"] == {"epe": 2.0}
-    # a cell recorded before a setting existed (train.frozen, empty by default) is the same cell
+    # a cell recorded before a setting existed (train.frozen, train.warmup) is the same cell while
+    # the config holds that setting's default
     older = json.loads(json.dumps(key))
-    del older["config"]["train"]["frozen"]
+    del older["config"]["train"]["frozen"], older["config"]["train"]["warmup"]
     fs.write_json_atomic(f"{wd}/cell.json", older)
     assert study.run_cell(config, wd, "fog", 1.0, 0)["before"] == {"epe": 2.0}
     assert settings.differences({"a": None}, {"a": [], "b": ""}) == []
     assert settings.differences({"a": None}, {"a": ["fnet"]}) == ["a: None then, ['fnet'] now"]
+    assert settings.differences({}, {"s": {"w": 0.1}}, defaults={"s": {"w": 0.1}}) == []
+    assert settings.differences({"s": {}}, {"s": {"w": 0.3}}, defaults={"s": {"w": 0.1}}) == ["s.w: 0.1 then, 0.3 now"]
     other = cli.load_config("configs/raft.py")
     other.train.steps = config.train.steps + 7
     with pytest.raises(ValueError, match=rf"another config or model \(config\.train\.steps: {config.train.steps} "

@@ -222,7 +222,8 @@ def _check_resumable(saved: dict, meta: dict, ckpt_dir: str) -> None:
     compared = lambda m: {"train": m.get("config", {}).get("train"), "augment": m.get("config", {}).get("augment"),
                           "init": m.get("init"), "model": m.get("model")}
     diffs = settings.differences(compared(saved), compared(now),
-                                 RESUMABLE_CHANGES | {"model.lookup"})  # the lookups give the same numbers
+                                 RESUMABLE_CHANGES | {"model.lookup"},  # the lookups give the same numbers
+                                 defaults=settings.defaults(train=TrainConfig, augment=augment.AugmentConfig))
     if diffs:
         raise ValueError(f"{ckpt_dir} holds checkpoints of a run with other settings ({'; '.join(diffs)}); "
                          f"resume with that run's settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
