@@ -16,7 +16,8 @@ Label-free diagnostics, computable on a user's footage without ground truth, for
 the share of estimates that pass the labelling cycle check (config.label) and their photometric
 error (mean absolute colour difference in grey levels between a pixel / query and where the model
 sends it). Consistency alone cannot tell a collapse (zero flow is perfectly consistent), which is
-why the photometric error stands beside it.
+why the photometric error stands beside it, and zero motion through the same check is their
+baseline. On clips without ground truth they are all the report holds (primary: cycle_pass).
 Label precision comes from the label manifest: yield and the GT error of kept labels against all
 estimates, overall and per speed bin.
 
