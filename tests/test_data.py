@@ -69,6 +69,15 @@ def test_missing_and_corrupt_shards_are_named(tmp_path):
         shards.load_manifest(str(tmp_path / "empty"))
 
 
+def test_flow_read_from_records_without_flow_is_named(tmp_path):
+    """A user's ingested footage given as training data for flow: one sentence, not 'corrupt'."""
+    _write(tmp_path, [_clip(i, gt=False) for i in range(2)], name="mine")
+    cfg = pipeline.PipelineConfig((str(tmp_path),), clip_len=2, hop=1, batch_size=2, with_flow=True)
+    with pytest.raises(shards.ShardError, match=r"mine-00000-of-00001.tfrecord: a record carries no flow, and "
+                                                r"training a flow model needs flow in every record"):
+        next(iter(pipeline.ClipIterator(cfg)))
+
+
 def test_clips_cut_at_stride_with_gt(tmp_path):
     c = _clip(0, t=12)
     _write(tmp_path, [c])

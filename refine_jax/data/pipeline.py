@@ -73,6 +73,9 @@ def _windows(cfg: PipelineConfig):
     return fn
 
 
+NO_FLOW = "a record without flow in data read for flow"  # the marker of that error in TF's message
+
+
 def _select(rec, start, cfg: PipelineConfig):
     """The encoded pieces of one window, all of fixed shape so windows can be batched before
     decoding: frame bytes (clip_len,), flow bytes (clip_len - 1,), tracks as stored."""
@@ -85,7 +88,9 @@ def _select(rec, start, cfg: PipelineConfig):
     if cfg.with_flow:
         if cfg.frame_stride != 1:
             raise ValueError("ground-truth flow is stored for consecutive frames; use frame_stride=1")
-        pidx = start + tf.range(cfg.clip_len - 1)
+        has_flow = tf.debugging.assert_positive(tf.size(rec["flow"]), message=NO_FLOW)
+        with tf.control_dependencies([has_flow]):
+            pidx = start + tf.range(cfg.clip_len - 1)
         out.update(flow_dtype=rec["flow_dtype"], flow=tf.gather(rec["flow"], pidx),
                    flow_valid=tf.gather(rec["flow_valid"], pidx))
     if cfg.max_tracks:
@@ -207,13 +212,20 @@ class ClipIterator:
             ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
         return ds.enumerate().map(lambda i, w: {**w, "_epoch": epoch, "_index": i})
 
+    def _shard_error(self, e) -> shards.ShardError:
+        """One sentence for a TF error met while reading this host's shards."""
+        files = ", ".join(self.files + self.tfds)
+        if NO_FLOW in e.message:
+            return shards.ShardError(f"{files}: a record carries no flow, and training a flow model needs flow in "
+                                     f"every record (pseudo-labels from the label stage, or ground truth)")
+        return shards.ShardError(f"a shard of this host ({files}) is corrupt: {e.message.splitlines()[0]}")
+
     def _check_not_empty(self):
         tf = shards._tf()
         try:
             empty = not list(self._epoch(tf.constant(0, tf.int64)).take(1))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise shards.ShardError(f"a shard of this host ({', '.join(self.files)}) is corrupt: "
-                                    f"{e.message.splitlines()[0]}") from None
+            raise self._shard_error(e) from None
         if empty:
             raise ValueError(f"{', '.join(self.files + self.tfds)}: no window of {self.cfg.clip_len} frames "
                              f"(every {self.cfg.frame_stride} frames) in any record; the clips are too short")
@@ -256,8 +268,7 @@ class ClipIterator:
         try:
             batch = next(self._it)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            raise shards.ShardError(f"a shard of this host ({', '.join(self.files)}) is corrupt: "
-                                    f"{e.message.splitlines()[0]}") from None
+            raise self._shard_error(e) from None
         self.epoch = int(batch.pop("_next_epoch")[-1])
         self.sample = int(batch.pop("_next_sample")[-1])
         return batch
