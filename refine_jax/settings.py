@@ -21,7 +21,7 @@ def as_dict(config) -> dict:
     return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
 
 
-def defaults(**sections) -> dict:
+def dataclass_defaults(**sections) -> dict:
     """{name: the default values of the frozen dataclass, as JSON} for `differences`."""
     return {name: json.loads(json.dumps(dataclasses.asdict(cls()))) for name, cls in sections.items()}
 
@@ -30,7 +30,7 @@ def differences(old, new, skip=frozenset(), prefix: str = "", defaults=None) -> 
     """'a.b: OLD then, NEW now' for every key path (sorted) where two JSON trees differ; key paths
     in `skip` are left out. A setting added since an old tree was saved must not read as a change:
     a key missing from a tree reads as its value in `defaults` (a tree of the same shape, see
-    `defaults()`), else as None, and None as an empty list or string."""
+    `dataclass_defaults()`), else as None, and None as an empty list or string."""
     if isinstance(old, dict) and isinstance(new, dict):
         d = defaults if isinstance(defaults, dict) else {}
         return [x for k in sorted(set(old) | set(new)) if f"{prefix}{k}" not in skip

@@ -76,7 +76,8 @@ def _key_defaults() -> dict:
     from refine_jax.labels.generate import LabelConfig
     from refine_jax.train.augment import AugmentConfig
     from refine_jax.train.trainer import TrainConfig
-    return {"config": settings.defaults(train=TrainConfig, augment=AugmentConfig, label=LabelConfig, eval=EvalConfig)}
+    return {"config": settings.dataclass_defaults(train=TrainConfig, augment=AugmentConfig, label=LabelConfig,
+                                                  eval=EvalConfig)}
 
 
 def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Optional[dict]:
@@ -89,7 +90,8 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Op
     key = cell_key(c, workdir)
     if fs.exists(key_path) or fs.exists(path):
         old = fs.read_json(key_path) if fs.exists(key_path) else None
-        diffs = ["it records no cell.json"] if old is None else settings.differences(old, key, defaults=_key_defaults())
+        diffs = (["it records no cell.json"] if old is None
+                 else settings.differences(old, key, defaults=_key_defaults()))
         if diffs:
             raise ValueError(f"{workdir}: this study cell was run with another config or model "
                              f"({diffs[0]}); pass a new --workdir or delete the folder")

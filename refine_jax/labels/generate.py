@@ -404,7 +404,7 @@ def _check_same_key(entry: dict, key: dict, stats_path: str) -> None:
         return
     diffs = settings.differences({"label": entry["label_settings"], "model_sha256": entry.get("model_sha256")},
                                  {"label": key["label_settings"], "model_sha256": key["model_sha256"]},
-                                 defaults=settings.defaults(label=LabelConfig))
+                                 defaults=settings.dataclass_defaults(label=LabelConfig))
     if diffs:
         raise ValueError(f"{stats_path} marks a shard labelled with other settings ({'; '.join(diffs)}); "
                          f"label into a new work directory (or label.out) or use that run's settings")

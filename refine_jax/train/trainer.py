@@ -223,7 +223,7 @@ def _check_resumable(saved: dict, meta: dict, ckpt_dir: str) -> None:
                           "init": m.get("init"), "model": m.get("model")}
     diffs = settings.differences(compared(saved), compared(now),
                                  RESUMABLE_CHANGES | {"model.lookup"},  # the lookups give the same numbers
-                                 defaults=settings.defaults(train=TrainConfig, augment=augment.AugmentConfig))
+                                 defaults=settings.dataclass_defaults(train=TrainConfig, augment=augment.AugmentConfig))
     if diffs:
         raise ValueError(f"{ckpt_dir} holds checkpoints of a run with other settings ({'; '.join(diffs)}); "
                          f"resume with that run's settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
