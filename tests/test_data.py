@@ -78,6 +78,16 @@ def test_flow_read_from_records_without_flow_is_named(tmp_path):
         next(iter(pipeline.ClipIterator(cfg)))
 
 
+def test_a_shard_folder_without_records_is_named(tmp_path):
+    """What a label stage that kept no label leaves: its shard file, empty; not 'too short'."""
+    (tmp_path / "labels-00000-of-00001.labels.tfrecord").write_bytes(b"")
+    (tmp_path / "manifest.json").write_text(json.dumps({"records": 0, "files": [
+        {"file": "labels-00000-of-00001.labels.tfrecord", "bytes": 0, "records": 0,
+         "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}]}))
+    with pytest.raises(ValueError, match=f"{tmp_path}: no record to read \\(a label stage that kept no label"):
+        next(iter(pipeline.ClipIterator(pipeline.PipelineConfig((str(tmp_path),), clip_len=8))))
+
+
 def test_clips_cut_at_stride_with_gt(tmp_path):
     c = _clip(0, t=12)
     _write(tmp_path, [c])

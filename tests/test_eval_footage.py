@@ -52,3 +52,16 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
                                          r"and its first clip \(mine-0\) carries neither"):
         main.run(config, str(tmp_path / "run2"))
     assert not (tmp_path / "run2" / "labels").exists()
+
+
+def test_track_labels_on_footage_without_points_ask_for_a_grid(tmp_path):
+    """The PIPs configs query at ground-truth points; footage has none: one sentence that says so
+    and what to set, not an empty label set that training then calls 'too short'."""
+    from refine_jax.labels import generate
+    config = load_config("pips", "runlocal")
+    config.data.videos = _footage(tmp_path / "shards", 8, (64, 64), videos=1)
+    config.init = demo.standin_dir("pips")
+    config.label.grid = 0
+    with pytest.raises(ValueError, match=r"mine-0: nothing to query: the clip carries no ground-truth tracks to "
+                                         r"query at and label.grid is 0; set --config.label.grid=16"):
+        generate.run(config, str(tmp_path / "run"), progress=False)

@@ -226,6 +226,12 @@ class ClipIterator:
             empty = not list(self._epoch(tf.constant(0, tf.int64)).take(1))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             raise self._shard_error(e) from None
+        if empty and not self.tfds:
+            from refine_jax.data import sources
+            dirs = sources.split_sources(self.cfg.shard_dirs)
+            if not any(shards.load_manifest(d).get("records") for d in dirs):
+                raise ValueError(f"{', '.join(dirs)}: no record to read (a label stage that kept no label writes "
+                                 f"none: see the yield in its manifest.json)")
         if empty:
             raise ValueError(f"{', '.join(self.files + self.tfds)}: no window of {self.cfg.clip_len} frames "
                              f"(every {self.cfg.frame_stride} frames) in any record; the clips are too short")

@@ -269,7 +269,11 @@ class TrackLabeler:
                 parts.append(cycle.densify(gt, lc.densify_window, h, w))
         if lc.grid:
             parts.append(cycle.grid_points(h, w, lc.grid))
-        q = np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
+        if not parts:  # footage without points under a config that queries only at ground-truth points
+            raise ValueError(f"{clip.video_id}: nothing to query: the clip carries no ground-truth tracks "
+                             f"{'to query at ' if lc.use_gt_points else '(label.use_gt_points is off) '}"
+                             f"and label.grid is 0; set --config.label.grid=16 for a 16x16 grid of queries")
+        q = np.concatenate(parts)
         if n_gt < len(q):  # deduplicate the rest, keep GT points first and in order
             rest = np.unique(q[n_gt:], axis=0)
             q = np.concatenate([q[:n_gt], rest])
