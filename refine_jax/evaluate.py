@@ -259,11 +259,14 @@ def _photo_sum(frames: np.ndarray, tracks: np.ndarray) -> float:
                for t in range(1, tracks.shape[1]))
 
 
+_TRACK_FREE_SUMS = ("queries", "passed", "photo_sum", "photo_n", "still_photo_sum", "still_photo_n")
+
+
 def _track_label_free(labeler, clip) -> Dict[str, float]:
     """Grid queries on every labelling window of the clip, any footage: how many pass the cycle
     check, the photometric error sums (grey levels) of the passing tracks against their query's
     colour, and of every query held still (the trivial baseline, which passes any cycle check)."""
-    out = dict.fromkeys(("queries", "passed", "photo_sum", "photo_n", "still_photo_sum", "still_photo_n"), 0.0)
+    out = dict.fromkeys(_TRACK_FREE_SUMS, 0.0)
     for st, tracks, keep, _, _ in labeler.estimate(clip):
         frames = clip.frames[st:st + tracks.shape[1]]
         still = np.repeat(tracks[:, :1], tracks.shape[1], axis=1)
@@ -318,8 +321,7 @@ def eval_tracks(loaded, clips, ec: EvalConfig, config) -> dict:
     q, z, v = np.zeros((1, 3)), np.zeros((1, 2, 2)), np.ones((1, 2), bool)
     template = _track_row(q, z, v, z, v, ec, (1, 1))
     rows, base_rows = _gather(rows, template), _gather(base_rows, template)
-    free = _gather(free, dict.fromkeys(("queries", "passed", "photo_sum", "photo_n", "still_photo_sum",
-                                        "still_photo_n"), 0.0))
+    free = _gather(free, dict.fromkeys(_TRACK_FREE_SUMS, 0.0))
     if not rows and not free:
         raise ValueError("no evaluation clip carries ground-truth tracks and the label-free diagnostics are "
                          "off (eval.label_free): there is nothing to measure")
@@ -431,7 +433,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               else f"{all_clips[0].frames.shape[1]}x{all_clips[0].frames.shape[2]} (as stored)",
               "query_mode": None if is_flow or not has_gt else ec.query_mode,
               "curve": [[0, m_before["model"][primary]]], "gt_known": m_before.get("gt_known", 1.0),
-              "ground_truth": has_gt}
+              "ground_truth": has_gt, "kind": "flow" if is_flow else "tracks"}
     examples = {"before": m_before["example"]}
     for name, folder in rows:
         if not fs.isdir(folder):
@@ -551,7 +553,7 @@ def _report(out_dir, r):
         orc = _fmt(r["oracle"][k]) if r.get("oracle") else ""
         lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {_fmt(r['baseline'].get(k))} | "
                      f"{_fmt(v)} | {_fmt(av)} | {ch} | {imp} | {orc} |")
-    unit = "tracks" if r["primary"] == "delta_avg" else "pixels"
+    unit = "pixels" if r["kind"] == "flow" else "tracks"
     lines += [""]
     if r["speed_bins"]:
         lines += [f"Share of {unit} per ground-truth speed bin ({'px' if unit == 'pixels' else 'px/frame'}): "

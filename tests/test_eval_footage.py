@@ -45,6 +45,8 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
     report = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert "No evaluation clip carries ground truth" in report and "| cycle_pass | higher |" in report
     assert "flow_gt.png" not in report and "ground-truth speed bin" not in report
+    for image in (line.split("(")[1].rstrip(")") for line in report.split() if line.startswith("![")):
+        assert (tmp_path / "run" / "eval" / image).exists() or image == "flow_after.png", image  # no refined model here
 
     # the oracle trains on ground truth: the job refuses before any stage runs, in one sentence
     config.stages = ("label", "train", "oracle", "eval")

@@ -49,7 +49,7 @@ def test_directions_and_report_flag_what_got_worse(tmp_path):
     assert not evaluate.lower_is_better("cycle_pass")
     before = {"epe": 1.44, "1px": 0.300, "cycle_pass": 0.07}
     after = {"epe": 1.39, "1px": 0.268, "cycle_pass": 0.07}
-    r = {"primary": "epe", "lower_is_better": True, "before": before, "after": after, "oracle": None,
+    r = {"primary": "epe", "kind": "flow", "lower_is_better": True, "before": before, "after": after, "oracle": None,
          "baseline": {"epe": 1.387, "1px": 0.1}, "baseline_name": "zero flow", "speed_bins": {"[0,1)": 1.0},
          "labels": None, "model_before": "a", "clips": 1, "resolution": "8x8", "query_mode": None,
          "improved": {k: evaluate._improved(k, before[k], after[k]) for k in before}}
