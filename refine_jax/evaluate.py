@@ -68,7 +68,7 @@ def _bin_of(values: np.ndarray, bins: Sequence[float] = SPEED_BINS) -> np.ndarra
     return np.digitize(values, bins)
 
 
-LOWER_IS_BETTER = ("epe", "ate", "mte", "photometric_error")
+LOWER_IS_BETTER = ("epe", "fl", "ate", "mte", "photometric_error")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -95,13 +95,14 @@ def _label_config(config, iters: int):
 # ---------------------------------------------------------------------------------------------- flow
 
 def _flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str, known: Optional[np.ndarray] = None) -> Dict[str, float]:
-    """Sums that give EPE and the px rates over the pixels with known GT (`known`, default all) and
-    per GT speed bin when divided."""
+    """Sums that give EPE, the px rates and KITTI's Fl (outliers: EPE > 3 px and > 5 % of |gt|)
+    over the pixels with known GT (`known`, default all), and EPE per GT speed bin, when divided."""
     sel = slice(None) if known is None else np.asarray(known, bool).ravel()
     epe = np.linalg.norm(pred.astype(np.float64) - gt, axis=-1).ravel()[sel]
-    which = _bin_of(np.linalg.norm(gt, axis=-1).ravel()[sel])
+    gt_mag = np.linalg.norm(gt, axis=-1).ravel()[sel]
+    which = _bin_of(gt_mag)
     out = {f"{prefix}epe": epe.sum(), f"{prefix}1px": (epe < 1).sum(), f"{prefix}3px": (epe < 3).sum(),
-           f"{prefix}5px": (epe < 5).sum()}
+           f"{prefix}5px": (epe < 5).sum(), f"{prefix}fl": ((epe > 3) & (epe > 0.05 * gt_mag)).sum()}
     for k, name in enumerate(bin_names()):
         out[f"{prefix}epe@{name}"] = epe[which == k].sum()
     return out
@@ -130,7 +131,7 @@ def _label_free_row(valid, color) -> Dict[str, float]:
 def _flow_metrics(rows: List[Dict[str, float]], prefix: str) -> Dict[str, float]:
     total = lambda k: sum(r[k] for r in rows)
     n = total("pixels")
-    out = {k: total(prefix + k) / n for k in ("epe", "1px", "3px", "5px")}
+    out = {k: total(prefix + k) / n for k in ("epe", "1px", "3px", "5px", "fl")}
     for name in bin_names():
         m = total(f"pixels@{name}")
         out[f"epe@{name}"] = total(f"{prefix}epe@{name}") / m if m else float("nan")

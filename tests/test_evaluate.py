@@ -21,6 +21,7 @@ def test_flow_metrics_per_speed_bin_and_zero_baseline():
     rows = [evaluate._flow_row(pred, gt)]
     m = evaluate._flow_metrics(rows, "")
     assert np.isclose(m["epe"], 5.0 / 4) and np.isclose(m["1px"], 0.75) and np.isclose(m["5px"], 0.75)
+    assert np.isclose(m["fl"], 0.25) and evaluate.lower_is_better("fl")  # 5 px off: > 3 px and > 5 % of 20
     assert m["epe@[0,1)"] == 0 and m["epe@[4,16)"] == 0 and np.isclose(m["epe@[16,inf)"], 5.0)
     free = evaluate._label_free_metrics([evaluate._label_free_row(valid, color)])
     assert np.isclose(free["cycle_pass"], 0.5) and np.isclose(free["photometric_error"], 2.0)
