@@ -88,3 +88,21 @@ def middlebury(root, rng, scene="Motorcycle", h=6, w=8):
     with open(os.path.join(d, "disp0.pfm"), "wb") as f:
         f.write(f"Pf\n{w} {h}\n1.0\n".encode() + disp[::-1].astype(">f4").tobytes())
     return im0, im1, disp
+
+
+def kitti(root, rng, scenes=("000000", "000001"), h=10, w=24, images="image_2", frames=(10, 11)):
+    """training/<images>/ID_NN.png for NN in `frames` and training/flow_occ/ID_10.png, the 16-bit
+    PNG the KITTI devkit writes (R = 64 u + 2^15, G = 64 v + 2^15, B = 1 where known), encoded
+    here by hand with TF's PNG encoder. Returns {scene: (frames dict, flow, known)}."""
+    import tensorflow as tf
+    out = {}
+    for scene in scenes:
+        ims = {t: image(os.path.join(root, images, f"{scene}_{t:02d}.png"), rng, h, w) for t in frames}
+        flow = np.round(rng.uniform(-40, 40, (h, w, 2)) * 64) / 64
+        known = rng.random((h, w)) < 0.4
+        png = np.concatenate([flow * 64 + 2 ** 15, known[..., None]], -1).astype(np.uint16)
+        os.makedirs(os.path.join(root, "flow_occ"), exist_ok=True)
+        with open(os.path.join(root, "flow_occ", f"{scene}_10.png"), "wb") as f:
+            f.write(tf.io.encode_png(png).numpy())
+        out[scene] = (ims, flow.astype(np.float32), known)
+    return out

@@ -112,3 +112,37 @@ def test_pfm_round_trip(tmp_path):
         v = RNG.normal(size=shape).astype(np.float32)
         pfm.write_pfm(str(tmp_path / "v.pfm"), v)
         np.testing.assert_array_equal(pfm.read_pfm(str(tmp_path / "v.pfm")), v)
+
+
+def test_kitti_flow_pairs_and_videos(tmp_path):
+    root = tmp_path / "data_scene_flow" / "training"
+    scenes = fabricate.kitti(str(root), RNG)
+    m = benchmarks.write_benchmark("kitti", str(tmp_path / "out"), str(root))
+    assert m["records"] == 2 and m["flow_valid_means"] == "gt_known"
+    for clip in shards.read_clips(str(tmp_path / "out")):
+        ims, flow, known = scenes[clip.video_id]
+        np.testing.assert_array_equal(clip.frames, np.stack([ims[10], ims[11]]))
+        np.testing.assert_array_equal(clip.flow_gt_known[0], known)
+        np.testing.assert_array_equal(clip.flow[0][known], flow[known])  # 1/64 px steps are exact
+        assert not clip.flow[0][~known].any()
+    # the multiview package: every frame of a scene, no ground truth; KITTI 2012 names its camera colored_0
+    multi = tmp_path / "data_stereo_flow_multiview" / "training"
+    views = fabricate.kitti(str(multi), RNG, scenes=("000007",), images="colored_0", frames=range(5))
+    (clip,) = benchmarks.kitti_videos(str(multi))
+    assert clip.video_id == "000007" and clip.flow is None
+    np.testing.assert_array_equal(clip.frames, np.stack([views["000007"][0][t] for t in range(5)]))
+    with pytest.raises(FileNotFoundError, match=r"out: no image_2 or colored_0 folder; expected a KITTI"):
+        list(benchmarks.kitti_clips(str(tmp_path / "out")))
+    (root / "flow_occ" / "000001_10.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"000001_10.png: not a 16-bit flow PNG as KITTI writes it"):
+        list(benchmarks.kitti_clips(str(root)))
+
+
+def test_flow_png_round_trip(tmp_path):
+    from refine_jax.data import flow_png
+    flow = RNG.uniform(-300, 300, (5, 7, 2)).astype(np.float32)
+    known = RNG.random((5, 7)) < 0.5
+    flow_png.write_flow_png(str(tmp_path / "f.png"), flow, known)
+    back, k = flow_png.read_flow_png(str(tmp_path / "f.png"))
+    np.testing.assert_array_equal(k, known)
+    np.testing.assert_allclose(back[known], flow[known], atol=0.5 / 64)

@@ -6,6 +6,11 @@
 - Middlebury stereo (2014 / MiddEval3 layout): SCENE/im0.png, im1.png, disp0.pfm (or disp0GT.pfm;
   inf = unknown). One 2-frame record per scene, left to right, flow (-disparity, 0): real frames with
   exact motion, for checking a flow model outside synthetic data.
+- KITTI flow 2015 / 2012 (`training/{image_2,colored_0}/ID_10.png, ID_11.png`,
+  `training/flow_{occ,noc}/ID_10.png`, 16-bit PNG: data/flow_png.py): one 2-frame record per scene,
+  flow known where the lidar saw it (real footage with exact motion). `kitti_video`: the multiview
+  package's frames ID_00 ... ID_20 of each scene, one record per scene without ground truth: the
+  unlabelled video to refine on, with `kitti` as `eval.data`.
 - TAP-Vid (DAVIS, RGB-Stacking) pickles: {name: {'video' uint8 (T,H,W,3), 'points' (N,T,2) (x,y)
   normalised to [0,1], 'occluded' bool (N,T)}}. Points are scaled by (W, H) as tapnet does. The
   pickle is read with an unpickler that only admits numpy arrays and builtins (no code runs).
@@ -20,6 +25,8 @@ track's first visible frame.
 
   python -m refine_jax.data.benchmarks sintel --root=MPI-Sintel --out=DIR [--passes=clean,final] [--scenes=a,b]
   python -m refine_jax.data.benchmarks middlebury --root=MIDDLEBURY --out=DIR [--scale=0.25] [--scenes=a,b]
+  python -m refine_jax.data.benchmarks kitti --root=data_scene_flow/training --out=DIR [--gt=noc] [--scenes=000000]
+  python -m refine_jax.data.benchmarks kitti_video --root=data_scene_flow_multiview/training --out=DIR
   python -m refine_jax.data.benchmarks tapvid --root=tapvid_davis.pkl --out=DIR
   python -m refine_jax.data.benchmarks crohd --root=CroHD --out=DIR [--clip_len=8] [--stride=3] [--videos=HT21-01]
   python -m refine_jax.data.benchmarks horse10 --root=Horse10 --out=DIR [--json=FILE,...]
@@ -120,6 +127,67 @@ def middlebury_clips(root: str, scenes: Optional[Sequence[str]] = None, scale: f
         flow = np.stack([-np.where(valid, disp, 0.0), np.zeros_like(disp)], -1).astype(np.float32)
         yield Clip(os.path.basename(folder.rstrip("/")), np.stack(views), flow=flow[None],
                    flow_valid=valid[None], flow_gt_known=valid[None])
+
+
+# ----------------------------------------------------------------------------------------------- KITTI flow
+
+KITTI_IMAGE_DIRS = ("image_2", "colored_0")  # KITTI 2015, KITTI 2012: the left colour camera
+
+
+def _kitti_image_dir(root: str) -> str:
+    for name in KITTI_IMAGE_DIRS:
+        if fs.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise FileNotFoundError(f"{root}: no {' or '.join(KITTI_IMAGE_DIRS)} folder; expected a KITTI 2015 or 2012 "
+                            f"flow folder (data_scene_flow/training or data_stereo_flow/training, or their multiview)")
+
+
+def _kitti_frames(names, root: str, scenes: Optional[Sequence[str]]) -> Dict[str, list]:
+    """{scene id: its frame file names, in frame order} of KITTI's ID_NN.png files."""
+    out = collections.defaultdict(list)
+    for n in sorted(names):
+        stem, ext = os.path.splitext(n)
+        scene, _, index = stem.partition("_")
+        if ext.lower() == ".png" and index.isdigit() and (not scenes or scene in scenes):
+            out[scene].append(n)
+    if not out:
+        raise FileNotFoundError(f"{root}: no KITTI frame (ID_NN.png){' of the scenes ' + ','.join(scenes) if scenes else ''}")
+    return dict(out)
+
+
+def kitti_clips(root: str, scenes: Optional[Sequence[str]] = None, gt: str = "occ") -> Iterator[Clip]:
+    """KITTI 2015 / 2012 flow training pairs: one 2-frame clip per scene (frames ID_10 and ID_11)
+    with its ground truth from flow_occ (all pixels) or flow_noc (`gt`), known only where the lidar
+    saw the scene (flow_gt_known: evaluation counts those pixels, ~20-40 % of each frame). Real
+    frames with exact motion; the scene's other frames (the multiview package, `kitti_videos`) are
+    the unlabelled video to refine on."""
+    from refine_jax.data import flow_png
+    if gt not in ("occ", "noc"):
+        raise ValueError(f"gt={gt!r}: expected 'occ' (all pixels) or 'noc' (not occluded)")
+    image_dir, flow_dir = _kitti_image_dir(root), os.path.join(root, f"flow_{gt}")
+    if not fs.isdir(flow_dir):
+        raise FileNotFoundError(f"{flow_dir}: not found; expected a KITTI flow training folder with flow_{gt}")
+    for scene, names in sorted(_kitti_frames(fs.listdir(flow_dir), flow_dir, scenes).items()):
+        if f"{scene}_10.png" not in names:
+            continue
+        flow, known = flow_png.read_flow_png(os.path.join(flow_dir, f"{scene}_10.png"))
+        views = [frames_lib.read_image(os.path.join(image_dir, f"{scene}_{t}.png")) for t in (10, 11)]
+        if views[0].shape[:2] != flow.shape[:2] or views[1].shape != views[0].shape:
+            raise ValueError(f"{image_dir}: {scene}_10.png {views[0].shape[:2]}, {scene}_11.png {views[1].shape[:2]} "
+                             f"and flow_{gt}/{scene}_10.png {flow.shape[:2]} must be the same size")
+        yield Clip(scene, np.stack(views), flow=flow[None], flow_valid=known[None], flow_gt_known=known[None])
+
+
+def kitti_videos(root: str, scenes: Optional[Sequence[str]] = None) -> Iterator[Clip]:
+    """KITTI multiview folders (data_scene_flow_multiview/{training,testing}): one clip per scene of
+    its frames ID_00 ... ID_20, without ground truth."""
+    image_dir = _kitti_image_dir(root)
+    for scene, names in sorted(_kitti_frames(fs.listdir(image_dir), image_dir, scenes).items()):
+        video = [frames_lib.read_image(os.path.join(image_dir, n)) for n in names]
+        if any(v.shape != video[0].shape for v in video):
+            raise ValueError(f"{image_dir}: the frames of scene {scene} differ in size "
+                             f"({sorted({v.shape[:2] for v in video})})")
+        yield Clip(scene, np.stack(video))
 
 
 # ----------------------------------------------------------------------------------------------- TAP-Vid
@@ -231,8 +299,8 @@ def horse10_clips(root: str, json_files: Sequence[str]) -> Iterator[Clip]:
                    query_points=first_visible_queries(tracks, visible))
 
 
-READERS = {"sintel": sintel_clips, "middlebury": middlebury_clips, "tapvid": tapvid_clips, "crohd": crohd_clips,
-           "horse10": horse10_clips}
+READERS = {"sintel": sintel_clips, "middlebury": middlebury_clips, "kitti": kitti_clips, "kitti_video": kitti_videos,
+           "tapvid": tapvid_clips, "crohd": crohd_clips, "horse10": horse10_clips}
 
 
 def write_benchmark(kind: str, out: str, *args, fmt: str = "png", progress: bool = False, **kwargs) -> dict:
@@ -249,13 +317,17 @@ def write_benchmark(kind: str, out: str, *args, fmt: str = "png", progress: bool
 
 
 def reader_args(kind: str, root: str, passes: str = "", scenes: str = "", clip_len: int = 8, stride: int = 3,
-                videos: str = "", json_files: str = "", scale: float = 1.0):
+                videos: str = "", json_files: str = "", scale: float = 1.0, gt: str = "occ"):
     """(args, kwargs) of READERS[kind] from command-line strings."""
     split = lambda text: [v for v in text.split(",") if v] or None
     if kind == "sintel":
         return (root,), {"passes": tuple(split(passes) or ("clean", "final")), "scenes": split(scenes)}
     if kind == "middlebury":
         return (root,), {"scenes": split(scenes), "scale": scale}
+    if kind == "kitti":
+        return (root,), {"scenes": split(scenes), "gt": gt}
+    if kind == "kitti_video":
+        return (root,), {"scenes": split(scenes)}
     if kind == "tapvid":
         return (root,), {}
     if kind == "crohd":
@@ -280,7 +352,8 @@ def main(argv) -> int:
     p.add_argument("--root", required=True, help="dataset root (TAP-Vid: the .pkl file)")
     p.add_argument("--out", required=True, help="shard folder to write")
     p.add_argument("--passes", default="", help="Sintel passes (default clean,final)")
-    p.add_argument("--scenes", default="", help="Sintel or Middlebury scenes (default all)")
+    p.add_argument("--scenes", default="", help="Sintel, Middlebury or KITTI scenes (default all)")
+    p.add_argument("--gt", default="occ", choices=("occ", "noc"), help="KITTI: flow_occ (all) or flow_noc")
     p.add_argument("--scale", type=float, default=1.0, help="Middlebury: resize factor (flow scales with it)")
     p.add_argument("--clip_len", type=int, default=8, help="CroHD frames per record")
     p.add_argument("--stride", type=int, default=3, help="CroHD frame stride")
@@ -288,7 +361,7 @@ def main(argv) -> int:
     p.add_argument("--json", default="", help="Horse-10 annotation files")
     p.add_argument("--format", default="png", choices=("png", "jpeg"))
     a = p.parse_args(argv)
-    args, kwargs = reader_args(a.kind, a.root, a.passes, a.scenes, a.clip_len, a.stride, a.videos, a.json, a.scale)
+    args, kwargs = reader_args(a.kind, a.root, a.passes, a.scenes, a.clip_len, a.stride, a.videos, a.json, a.scale, a.gt)
     m = write_benchmark(a.kind, a.out, *args, fmt=a.format, progress=True, **kwargs)
     size = sum(f["bytes"] for f in m["files"])
     print(f"wrote {m['records']} records of {len(m['videos'])} videos ({m['frames']} frames) in "
