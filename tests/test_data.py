@@ -120,6 +120,22 @@ def test_resize_scales_ground_truth(tmp_path):
     np.testing.assert_allclose(b["tracks"][0, 0, 0], [(9.5 + .5) / 2 - .5, (7.5 + .5) * 2 - .5], atol=1e-5)
 
 
+def test_frames_of_several_sizes_batch_as_their_common_centre(tmp_path):
+    small, large = _clip(1, t=2, h=16, w=20), _clip(2, t=2, h=19, w=26)  # KITTI's scenes differ by a few px
+    m = _write(tmp_path, [small, large])
+    assert m["frame_sizes"] == [[16, 20], [19, 26]]
+    cfg = pipeline.PipelineConfig((str(tmp_path),), clip_len=2, batch_size=2, shuffle=False, epochs=1,
+                                  with_flow=True, max_tracks=5)
+    b = next(iter(pipeline.ClipIterator(cfg)))
+    assert b["frames"].shape == (2, 2, 16, 20, 3) and b["flow"].shape == (2, 1, 16, 20, 2)
+    k = list(b["video_id"]).index(b"vid2")  # the larger clip: rows 1..16, columns 3..22
+    np.testing.assert_array_equal(b["frames"][k], large.frames[:, 1:17, 3:23])
+    np.testing.assert_array_equal(b["flow"][k, 0], large.flow[0, 1:17, 3:23])
+    np.testing.assert_array_equal(b["flow_valid"][k, 0], large.flow_valid[0, 1:17, 3:23])
+    np.testing.assert_allclose(b["tracks"][k], large.tracks - np.array([3.0, 1.0]), atol=1e-6)
+    np.testing.assert_array_equal(b["frames"][1 - k], small.frames)
+
+
 def test_host_split_covers_every_file_once(tmp_path):
     files = [f"f{i:02d}" for i in range(11)]
     for hosts in (1, 2, 4):

@@ -113,6 +113,7 @@ def test_track_labels(recipe_pth, tmp_path):
     assert s["gt"]["points"] > 0 and s["gt_error_all"] == pytest.approx(s["gt_error_kept"])
     (lab,) = shards.read_clips(str(tmp_path / "w" / "labels"))
     assert lab.tracks.shape == (s["written"], 8, 2) and lab.frames.shape == (8, 128, 128, 3)
+    assert m["frame_sizes"] == [[128, 128]]  # training batches clips of several sizes by it
     np.testing.assert_allclose(lab.query_points[:, 1:], lab.tracks[:, 0])
     m2 = generate.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
                            max_queries=64, tau=1e-3, batch=1), str(tmp_path / "w2"), progress=False)

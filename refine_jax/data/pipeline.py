@@ -100,14 +100,33 @@ def _select(rec, start, cfg: PipelineConfig):
     return out
 
 
-def _decode(win, cfg: PipelineConfig):
-    """One window from `_select` -> the decoded, resized sample of the batch dict."""
+def common_size(shard_dirs: Sequence[str]) -> Optional[Tuple[int, int]]:
+    """(min H, min W) over the frame sizes the folders' manifests list, when they list more than
+    one (KITTI's scenes are 370-376 x 1224-1242); None when all frames have one size or a folder
+    (a TFDS split, an older manifest) does not say."""
+    from refine_jax.data import sources
+    sizes = set()
+    for d in sources.split_sources(shard_dirs):
+        listed = None if sources.is_tfds(d) else shards.load_manifest(d).get("frame_sizes")
+        if not listed:
+            return None
+        sizes.update(tuple(v) for v in listed)
+    return (min(h for h, _ in sizes), min(w for _, w in sizes)) if len(sizes) > 1 else None
+
+
+def _decode(win, cfg: PipelineConfig, crop: Optional[Tuple[int, int]] = None):
+    """One window from `_select` -> the decoded, resized sample of the batch dict; `crop` (H, W)
+    first cuts the centre of frames of another size (records of several sizes batch together)."""
     tf = shards._tf()
     h, w = win["height"], win["width"]
     frames = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
                        win["frames"], fn_output_signature=tf.uint8)
     frames = tf.ensure_shape(frames, [cfg.clip_len, None, None, 3])
     out = {"video_id": win["video_id"], "clip_start": win["clip_start"]}
+    y0 = x0 = 0
+    if crop is not None:
+        y0, x0 = (h - crop[0]) // 2, (w - crop[1]) // 2
+        frames = frames[:, y0:y0 + crop[0], x0:x0 + crop[1]]
     sy = sx = None
     if cfg.size is not None:
         sy = cfg.size[0] / tf.cast(h, tf.float32)
@@ -125,6 +144,8 @@ def _decode(win, cfg: PipelineConfig):
         flow = tf.map_fn(decode_flow, win["flow"], fn_output_signature=tf.float32)
         valid = tf.map_fn(lambda b: tf.reshape(tf.io.decode_raw(b, tf.uint8), [h, w]),
                           win["flow_valid"], fn_output_signature=tf.uint8)
+        if crop is not None:
+            flow, valid = flow[:, y0:y0 + crop[0], x0:x0 + crop[1]], valid[:, y0:y0 + crop[0], x0:x0 + crop[1]]
         if cfg.size is not None:
             flow = tf.image.resize(flow, cfg.size, "bilinear") * tf.stack([sx, sy])
             valid = tf.image.resize(valid[..., None], cfg.size, "nearest")[..., 0]
@@ -134,6 +155,8 @@ def _decode(win, cfg: PipelineConfig):
         tracks = tf.reshape(tf.io.decode_raw(win["tracks"], tf.float32), [n, t_all, 2])
         vis = tf.reshape(tf.io.decode_raw(win["visible"], tf.uint8), [n, t_all])
         tracks, vis = tf.gather(tracks, idx, axis=1), tf.gather(vis, idx, axis=1) > 0
+        if crop is not None:
+            tracks = tracks - tf.cast(tf.stack([x0, y0]), tf.float32)
         if cfg.size is not None:  # half-pixel resize: x' = (x + 0.5) * sx - 0.5
             tracks = (tracks + 0.5) * tf.stack([sx, sy]) - 0.5
         k = tf.minimum(n, cfg.max_tracks)
@@ -179,6 +202,9 @@ class ClipIterator:
             self.files, self.rows = sorted(files), (pi * per, (pi + 1) * per)
         else:
             raise ValueError(f"split must be 'files' or 'rows', got {cfg.split!r}")
+        # frames of several sizes are cut to the smallest before batching (the train step crops
+        # its augmentation crop out of that); a resize to cfg.size makes them one size anyway
+        self.crop = None if cfg.size is not None or cfg.batch_size == 1 else common_size(cfg.shard_dirs)
         state = state or {}
         self.epoch = int(state.get("epoch", 0))
         self.sample = int(state.get("sample", int(state.get("batch", 0)) * cfg.batch_size))
@@ -254,7 +280,7 @@ class ClipIterator:
             out["_next_sample"] = tf.fill([n], b["_index"][-1] + 1)
             return out
         ds = ds.batch(cfg.batch_size, drop_remainder=full).map(rows).unbatch()
-        ds = ds.map(lambda w: {**_decode(w, cfg), "_next_epoch": w["_next_epoch"], "_next_sample": w["_next_sample"]},
+        ds = ds.map(lambda w: {**_decode(w, cfg, self.crop), "_next_epoch": w["_next_epoch"], "_next_sample": w["_next_sample"]},
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(hi - lo, drop_remainder=full)
         opts = tf.data.Options()

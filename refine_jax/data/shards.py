@@ -11,7 +11,8 @@ One record is one clip:
             flow_valid: uint8 (H, W) bytes per pair.
 
 A folder of shards holds `NAME-00000-of-00004.tfrecord` ... and `manifest.json` with the files,
-their record counts, sizes and sha256, and the number of source frames overall and per video.
+their record counts, sizes and sha256, the number of source frames overall and per video, and
+the distinct frame sizes [H, W] (`frame_sizes`; absent where the writer did not record them).
 flow_valid marks the pixels to train on (not occluded, as Sintel's masks); a manifest with
 `"flow_valid_means": "gt_known"` says it marks where the ground truth is known at all (Middlebury,
 KITTI), and evaluation then skips the other pixels (`Clip.flow_gt_known`).
@@ -185,6 +186,7 @@ class ShardWriter:
         self._bytes = 0
         self._valid_meaning: Optional[Tuple[str, str]] = None  # (meaning, first clip's video id)
         self.frames_per_video: Dict[str, int] = {}
+        self.frame_sizes: set = set()  # (H, W) of the clips given to write_clip
         self.manifest: Optional[dict] = None  # set by close()
 
     def _open(self):
@@ -213,6 +215,7 @@ class ShardWriter:
                 raise ValueError(f"{clip.video_id}: flow_gt_known is stored as flow_valid and must equal it")
         if clip.flow_valid is not None:
             self._check_valid_meaning(clip)
+        self.frame_sizes.add(tuple(int(v) for v in clip.frames.shape[1:3]))
         self.write(clip_to_example(clip, fmt), clip.video_id, n)
 
     def _check_valid_meaning(self, clip: Clip) -> None:
@@ -243,7 +246,8 @@ class ShardWriter:
         manifest = {"schema": SCHEMA, "name": self.name, "files": files,
                     "records": sum(f["records"] for f in files),
                     "frames": sum(self.frames_per_video.values()),
-                    "videos": dict(sorted(self.frames_per_video.items())), **self.extra}
+                    "videos": dict(sorted(self.frames_per_video.items())),
+                    **({"frame_sizes": sorted(map(list, self.frame_sizes))} if self.frame_sizes else {}), **self.extra}
         fs.write_json_atomic(os.path.join(self.out_dir, MANIFEST), manifest)
         self.manifest = manifest
         return manifest

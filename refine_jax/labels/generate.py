@@ -441,18 +441,20 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             continue
         tmp = f"{final}.tmp"
         stats: dict = {}
-        records = 0
+        records, sizes = 0, set()
         tf = shards._tf()
         with tf.io.TFRecordWriter(tmp) as writer:
             for clip in unit.clips():
                 for label in labeler.label_clip(clip, stats):
                     writer.write(shards.clip_to_example(label, "png"))
                     records += 1
+                    sizes.add(tuple(int(v) for v in label.frames.shape[1:3]))
                 done_records += 1
                 bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
         fs.replace(tmp, final)
         entry = {"file": os.path.basename(final), "records": records, "bytes": fs.size(final),
-                 "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats, **key}
+                 "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats,
+                 "frame_sizes": sorted(map(list, sizes)), **key}
         fs.write_json_atomic(stats_path, entry)
     parallel.barrier("label: shards written")
     manifest = _manifest(inputs, out_dir, lc, init, loaded, key["model_sha256"])
@@ -479,6 +481,7 @@ def _manifest(inputs, out_dir, lc, init, loaded, model_sha256: str) -> dict:
     manifest = {"schema": shards.SCHEMA, "name": "labels", "kind": "flow" if isinstance(loaded.cfg, RAFTConfig) else "tracks",
                 "files": [{k: e[k] for k in ("file", "records", "bytes", "sha256", "source")} for e in per_shard],
                 "records": sum(e["records"] for e in per_shard),
+                "frame_sizes": sorted(map(list, {tuple(v) for e in per_shard for v in e.get("frame_sizes", ())})),
                 "label_config": dataclasses.asdict(lc), "model": fs.abspath(init),
                 "model_sha256": model_sha256, "model_arch": loaded.arch,
                 "stats": _summary(total)}
