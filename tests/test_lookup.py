@@ -72,7 +72,10 @@ def test_raft_paths_match_on_the_golden_pair(converted, variant):
     ref = _raft(cfg, 12)(variables, im1, im2)
     other = dataclasses.replace(cfg, **variant)
     out = _raft(other, 12)(variables, im1, im2)
-    assert float(jnp.abs(out - ref).max()) < 1e-4, variant
+    # the paths sum in other orders; over 12 recurrent iterations float32 rounding reaches 1.2e-4 px
+    # on flows of ~13 px on an AMD EPYC (below 1e-4 where this test was first run): a third of the bar
+    # the official outputs are matched to (1e-3)
+    assert float(jnp.abs(out - ref).max()) < 3e-4, variant
     np.testing.assert_allclose(ref, g["pair2_flow_up"], atol=1e-3)
     # the gradient that training takes: of a flow loss with respect to every parameter
     g_ref = _raft_grad(cfg, variables, im1, im2)
