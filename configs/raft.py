@@ -43,7 +43,7 @@ def get_config(arg=None):
     # 0 / 1 / 2; the gain is at >= 16 px/frame).
     c.label = ml_collections.ConfigDict({
         "batch": 6, "iters": 12, "alpha": 0.002, "beta": 0.1, "color_thresh": 0.005, "max_flow": 400.0,
-        "color_noise": True, "color_gain": True, "rounds": 1})
+        "color_noise": True, "color_gain": True, "rounds": 1, "pad_mode": "sintel"})
     c.augment = ml_collections.ConfigDict({
         "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
         "asym_prob": 0.2, "crop": (192, 256), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
@@ -68,7 +68,9 @@ def get_config(arg=None):
         "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 12, "gamma": 0.85, "max_flow": 400.0,
         "mask_mode": "batch_mean", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
         "data": "", "size": (), "frozen": ()})
-    c.eval = ml_collections.ConfigDict({"iters": 12, "data": "", "curve": False, "label_free": True})
+    # pad_mode 'auto': as RAFT's official evaluation of the data ('kitti' for KITTI shards, else 'sintel')
+    c.eval = ml_collections.ConfigDict({"iters": 12, "data": "", "curve": False, "label_free": True,
+                                        "pad_mode": "auto"})
     if arg in (None, ""):
         return c
     if arg == "pretrain":

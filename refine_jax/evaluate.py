@@ -53,6 +53,9 @@ class EvalConfig:
     max_clips: int = 0             # 0 = all
     curve: bool = True
     label_free: bool = True        # the cycle-check and photometric diagnostics
+    # RAFT's InputPadder mode: 'auto' pads as the official evaluation of the data does ('kitti', all
+    # rows below, for KITTI shard folders; 'sintel', split evenly, for everything else)
+    pad_mode: str = "auto"
 
     @classmethod
     def from_config(cls, c) -> "EvalConfig":
@@ -86,10 +89,30 @@ def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
     return out
 
 
-def _label_config(config, iters: int):
+def _label_config(config, iters: int, pad_mode: str = "sintel"):
     from refine_jax.labels.generate import LabelConfig
     lc = LabelConfig.from_config(config.get("label", {}))
-    return dataclasses.replace(lc, iters=iters)
+    return dataclasses.replace(lc, iters=iters, pad_mode=pad_mode)
+
+
+PAD_MODES = ("auto", "sintel", "kitti")
+
+
+def resolve_pad_mode(ec: EvalConfig, config) -> str:
+    """The padding the evaluation runs RAFT with: eval.pad_mode, or for 'auto' 'kitti' when every
+    evaluation source is a KITTI shard folder (`benchmarks kitti`, as RAFT's KITTI evaluation pads)
+    and 'sintel' otherwise."""
+    if ec.pad_mode not in PAD_MODES:
+        raise ValueError(f"eval.pad_mode must be one of {', '.join(PAD_MODES)}, got {ec.pad_mode!r}")
+    if ec.pad_mode != "auto":
+        return ec.pad_mode
+    kinds = []
+    for d in sources.split_sources(ec.data or config.data.videos):
+        try:
+            kinds.append(None if sources.is_tfds(d) else shards.load_manifest(d).get("benchmark"))
+        except shards.ShardError:  # a video file or frame folder
+            kinds.append(None)
+    return "kitti" if kinds and all(k == "kitti" for k in kinds) else "sintel"
 
 
 # ---------------------------------------------------------------------------------------------- flow
@@ -177,7 +200,8 @@ def eval_flow(loaded, clips, ec: EvalConfig, config) -> dict:
     `eval.label_free`) from every clip, so footage without ground truth still gets a report."""
     from refine_jax.labels.generate import FlowLabeler
     mesh = parallel.make_mesh(1, local=True)
-    labeler = FlowLabeler(loaded.cfg, loaded.variables, _label_config(config, ec.iters or 32), mesh)
+    pad_mode = "sintel" if ec.pad_mode == "auto" else ec.pad_mode  # run() resolves 'auto'
+    labeler = FlowLabeler(loaded.cfg, loaded.variables, _label_config(config, ec.iters or 32, pad_mode), mesh)
     rows, free, zero_free, example = [], [], [], None
     for c in clips:
         fw, valid, color = labeler.estimate(c.frames, f"frames of {c.video_id}")
@@ -414,6 +438,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     for name, folder in rows:
         _check_not_unfinished(folder, name)
     ec = EvalConfig.from_config(config.get("eval"))
+    ec = dataclasses.replace(ec, pad_mode=resolve_pad_mode(ec, config))
     before = checkpoints.load_model(init or config.init, config.get("runtime"))
     all_clips = _clips(ec, config)
     clips = parallel.process_share(all_clips)  # each process its share; metrics are gathered
@@ -434,7 +459,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               else f"{all_clips[0].frames.shape[1]}x{all_clips[0].frames.shape[2]} (as stored)",
               "query_mode": None if is_flow or not has_gt else ec.query_mode,
               "curve": [[0, m_before["model"][primary]]], "gt_known": m_before.get("gt_known", 1.0),
-              "ground_truth": has_gt, "kind": "flow" if is_flow else "tracks"}
+              "ground_truth": has_gt, "kind": "flow" if is_flow else "tracks",
+              "pad_mode": ec.pad_mode if is_flow else None}
     examples = {"before": m_before["example"]}
     for name, folder in rows:
         if not fs.isdir(folder):
@@ -524,7 +550,9 @@ def _report(out_dir, r):
              + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ". "
              f"Trivial baseline: {r['baseline_name']}."
              + (f" Flow metrics over the {100 * r['gt_known']:.1f} % of pixels with known ground truth."
-                if 0 < r.get("gt_known", 1.0) < 1 else ""), ""]
+                if 0 < r.get("gt_known", 1.0) < 1 else "")
+             + (f" Frames padded to multiples of 8 in RAFT's '{r['pad_mode']}' mode." if r.get("pad_mode") else ""),
+             ""]
     if not r.get("ground_truth", True):
         lines += ["**No evaluation clip carries ground truth**: this report holds the label-free diagnostics "
                   "only. A better model passes the cycle check more often at an equal or lower photometric "

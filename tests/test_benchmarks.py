@@ -136,6 +136,25 @@ def test_kitti_flow_pairs_and_videos(tmp_path):
     (root / "flow_occ" / "000001_10.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"000001_10.png: not a 16-bit flow PNG as KITTI writes it"):
         list(benchmarks.kitti_clips(str(root)))
+    _evaluation_pads_kitti_shards_as_raft_does(str(tmp_path / "out"), str(tmp_path))
+
+
+def _evaluation_pads_kitti_shards_as_raft_does(kitti_shards, tmp):
+    """eval.pad_mode 'auto' is RAFT's KITTI padding (all rows below) for KITTI shard folders only."""
+    import ml_collections
+    from refine_jax import evaluate
+    other = os.path.join(tmp, "other")
+    with shards.ShardWriter(other, "vid") as w:
+        w.write_clip(shards.Clip("v", np.zeros((2, 8, 8, 3), np.uint8)))
+    resolve = lambda data, mode="auto": evaluate.resolve_pad_mode(
+        evaluate.EvalConfig(data=data, pad_mode=mode), ml_collections.ConfigDict({"data": {"videos": ""}}))
+    assert resolve(kitti_shards) == "kitti"
+    assert resolve(f"{kitti_shards},{kitti_shards}") == "kitti"
+    assert resolve(other) == "sintel" and resolve(f"{kitti_shards},{other}") == "sintel"
+    assert resolve(os.path.join(tmp, "clip.mp4")) == "sintel"  # not a shard folder
+    assert resolve(other, "kitti") == "kitti" and resolve(kitti_shards, "sintel") == "sintel"
+    with pytest.raises(ValueError, match="eval.pad_mode must be one of auto, sintel, kitti, got 'top'"):
+        resolve(kitti_shards, "top")
 
 
 def test_flow_png_round_trip(tmp_path):

@@ -54,6 +54,23 @@ def test_flow_on_folder_matches_model(converted, recipe_pth, frames3, tmp_path):
     np.testing.assert_array_equal(png, viz.flow_to_color(got))
 
 
+def test_labels_and_evaluation_pad_in_the_configured_mode(converted, frames3):
+    """label.pad_mode / eval.pad_mode reach the model: 'kitti' (rows padded below only, as RAFT's
+    KITTI evaluation) gives InputPadder('kitti')'s flow, which differs from the 'sintel' padding."""
+    from refine_jax import parallel
+    from refine_jax.labels.generate import FlowLabeler, LabelConfig
+    cfg, variables = converted("raft_small")
+    frames = np.stack(frames3[:2])[:, :124, :132]  # 4 rows and 4 columns of padding to place
+    lc = LabelConfig(iters=3, batch=1, pad_mode="kitti")
+    fw, _, _ = FlowLabeler(cfg, variables, lc, parallel.make_mesh(1)).estimate(frames)
+    kitti, _ = raft_lib.make_flow_fn(cfg, 3, "kitti")(variables, frames[:1], frames[1:])
+    sintel, _ = raft_lib.make_flow_fn(cfg, 3, "sintel")(variables, frames[:1], frames[1:])
+    np.testing.assert_allclose(fw, np.asarray(kitti), atol=1e-4)
+    assert np.abs(fw - np.asarray(sintel)).max() > 1e-2
+    with pytest.raises(ValueError, match="pad_mode must be 'sintel' or 'kitti'"):
+        FlowLabeler(cfg, variables, LabelConfig(pad_mode="top"), parallel.make_mesh(1))
+
+
 def test_flow_on_video(recipe_pth, frames3, tmp_path):
     video = _write_mp4(tmp_path / "clip.mp4", frames3)
     assert len(frames_lib.read_frames(video)) == 3

@@ -71,6 +71,7 @@ class LabelConfig:
     num_devices: int = 0       # 0: all devices (of this process)
     seed: int = 0
     rounds: int = 1            # label-and-train rounds; the loop is in main.py
+    pad_mode: str = "sintel"   # RAFT's InputPadder: 'sintel' splits the padding, 'kitti' pads below only
 
     @classmethod
     def from_config(cls, c) -> "LabelConfig":
@@ -92,14 +93,14 @@ def _merge(into: dict, other: dict) -> None:
 # ------------------------------------------------------------------------------------------ flow
 
 @functools.lru_cache(maxsize=8)
-def _flow_label_fn(cfg: RAFTConfig, iters: int, check: cycle.FlowCheck, mesh):
+def _flow_label_fn(cfg: RAFTConfig, iters: int, check: cycle.FlowCheck, mesh, pad_mode: str = "sintel"):
     """The jitted forward + backward + check, shared by every labeler of the same settings (the
     variables are an argument, so evaluating several models compiles it once)."""
     model = RAFT(cfg)
 
     def fn(variables, im1, im2):
-        p1, lrtb = pad_images(im1.astype(jnp.float32))
-        p2, _ = pad_images(im2.astype(jnp.float32))
+        p1, lrtb = pad_images(im1.astype(jnp.float32), pad_mode)
+        p2, _ = pad_images(im2.astype(jnp.float32), pad_mode)
         b = p1.shape[0]
         interleave = lambda x, y: jnp.stack([x, y], 1).reshape(2 * b, *x.shape[1:])  # pair k: rows 2k, 2k+1
         out = model.apply(variables, interleave(p1, p2), interleave(p2, p1), iters=iters)
@@ -118,10 +119,12 @@ class FlowLabeler:
     def __init__(self, cfg: RAFTConfig, variables, lc: LabelConfig, mesh):
         self.variables, self.lc, self.mesh = variables, lc, mesh
         iters = lc.iters or 32
+        if lc.pad_mode not in ("sintel", "kitti"):
+            raise ValueError(f"pad_mode must be 'sintel' or 'kitti' (RAFT's InputPadder modes), got {lc.pad_mode!r}")
         check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow, lc.color_noise, lc.color_gain)
         self.check = check
         b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        jitted = _flow_label_fn(cfg, iters, check, mesh)
+        jitted = _flow_label_fn(cfg, iters, check, mesh, lc.pad_mode)
         self.variables = parallel.put(variables, r)
         self.fn = lambda v, im1, im2: jitted(v, parallel.put(im1, b), parallel.put(im2, b))
 
