@@ -48,11 +48,17 @@ def standin_dir(arch: str) -> str:
     return path
 
 
+def target_domain(d) -> synthetic.DomainConfig:
+    """The target domain of a demo section: the 'target' preset with `target_shifts` ('default':
+    the preset's combined shifts; 'none': no shift; else 'name:severity,...')."""
+    spec = d.get("target_shifts", "default")
+    return synthetic.domain("target", None if spec == "default" else shifts_lib.parse("" if spec == "none" else spec))
+
+
 def _datasets(d):
     """(name, videos, frames, seed, shifts or None, tracks, flow dtype) of every set to write."""
     frames = d.get("source_frames", 0) or d.frames
-    spec = d.get("target_shifts", "default")
-    target = synthetic.domain("target", None if spec == "default" else shifts_lib.parse("" if spec == "none" else spec))
+    target = target_domain(d)
     pips = d.arch == "pips"  # the pre-training set carries flow for RAFT, tracks for PIPs
     return [("source", d.source_videos, frames, d.source_seed, synthetic.domain("source"), d.tracks if pips else 0,
              "" if pips else "float16"),

@@ -79,7 +79,7 @@ def render_targets(config, seeds: Sequence[int], workers: int = 1) -> Dict[int, 
     """{seed: [Clip]}: the demo's target videos of each seed (demo.target_shifts, size, frames)."""
     from refine_jax import demo
     d = config.demo
-    dom = [x for x in demo._datasets(d) if x[0] == "target"][0][4]
+    dom = demo.target_domain(d)
     jobs = [(dom, s, i, d.frames, tuple(d.size)) for s in seeds for i in range(d.target_videos)]
     if workers > 1:
         import multiprocessing
