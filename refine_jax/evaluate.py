@@ -594,11 +594,19 @@ def _report(out_dir, r):
                   f"labels {_fmt(lab['error_kept'])} against {_fmt(lab['error_all'])} for all estimates "
                   f"(ratio {_fmt(lab.get('kept_over_all'))}).", ""]
         if lab.get("per_speed_bin"):
-            lines += ["| GT speed bin | yield | error kept | error all |", "|---|---|---|---|"]
+            bias = any("speed_bias_kept" in v for v in lab["per_speed_bin"].values())
+            lines += ["| GT speed bin | yield | error kept | error all |" + (" speed bias kept | speed bias all |" if bias else ""),
+                      "|---|---|---|---|" + ("---|---|" if bias else "")]
             for k, v in sorted(lab["per_speed_bin"].items(), key=lambda kv: float(kv[0][1:].split(",")[0])):
                 if not v.get("n", 1):
                     continue  # no labelled pixel or track moves at this speed
-                lines.append(f"| {k} | {v['yield']:.4f} | {_fmt(v['error_kept'])} | {_fmt(v['error_all'])} |")
+                lines.append(f"| {k} | {v['yield']:.4f} | {_fmt(v['error_kept'])} | {_fmt(v['error_all'])} |"
+                             + (f" {_fmt(v.get('speed_bias_kept'))} | {_fmt(v.get('speed_bias_all'))} |" if bias else ""))
+            if bias:
+                lines.append("")
+                lines.append("Speed bias: the mean of |estimate| - |truth| in px, negative where the estimates "
+                             "are too slow. A bias the forward and backward estimates share passes the cycle "
+                             "check, so the kept labels carry it and refinement learns it.")
             lines.append("")
     elif lab:
         lines += ["## Pseudo-labels", "", f"Yield {_fmt(lab.get('yield'))} (no ground truth in the labelled videos).", ""]

@@ -62,6 +62,13 @@ def test_directions_and_report_flag_what_got_worse(tmp_path):
     assert "The model after refinement is no better than zero flow" in text
     assert "The model before refinement is no better than zero flow** (1.4400 vs 1.3870)" in text
     assert evaluate._json_safe({"a": float("nan"), "b": [np.float32(1.5)], "example": 1}) == {"a": None, "b": [1.5]}
+    # the labels' section: yield and error per ground-truth speed bin, with the speed bias where recorded
+    r["labels"] = {"yield": 0.1, "kept": 10, "total": 100, "error_kept": 0.7, "error_all": 2.1, "kept_over_all": 0.33,
+                   "per_speed_bin": {"[4,16)": {"yield": 0.05, "error_kept": 1.95, "error_all": 2.7, "n": 9,
+                                                "speed_bias_kept": -1.9, "speed_bias_all": -2.5}}}
+    evaluate._report(str(tmp_path), r)
+    text = (tmp_path / "report.md").read_text()
+    assert "| [4,16) | 0.0500 | 1.9500 | 2.7000 | -1.9000 | -2.5000 |" in text and "too slow" in text
 
 
 def test_study_cells_and_summary():

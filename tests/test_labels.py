@@ -91,6 +91,12 @@ def test_flow_statistics_against_ground_truth(recipe_pth, videos, tmp_path):
     gt = np.concatenate([c.flow[i][c.flow_valid[i]] for c in src for i in range(2)])
     est = np.concatenate([l.flow[0][src[k // 2].flow_valid[k % 2]] for k, l in enumerate(lab)])
     np.testing.assert_allclose(s["gt_error_all"], np.linalg.norm(est - gt, axis=-1).mean(), rtol=1e-4)
+    speed = np.linalg.norm(est, axis=-1) - np.linalg.norm(gt, axis=-1)  # the signed speed bias, per bin
+    gt_bins = np.digitize(np.linalg.norm(gt, axis=-1), [1.0, 4.0, 16.0])
+    for b, name in enumerate(["[0,1)", "[1,4)", "[4,16)", "[16,inf)"]):
+        if (gt_bins == b).any():
+            np.testing.assert_allclose(s["gt_per_speed_bin"][name]["speed_bias_all"], speed[gt_bins == b].mean(),
+                                       rtol=1e-4, atol=1e-5)
     # a re-run keeps finished shards when only the split of the work differs, and refuses them when
     # they were labelled with other settings (the manifest would otherwise record the new ones)
     assert generate.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE, batch=3), str(tmp_path),

@@ -173,6 +173,9 @@ class FlowLabeler:
             gt_ok = clip.flow_valid[i] if clip.flow_valid is not None else np.ones_like(valid)
             epe = np.linalg.norm(fw - clip.flow[i], axis=-1)
             gt_mag = np.linalg.norm(clip.flow[i], axis=-1)
+            # signed: negative where the estimate is slower than the truth. A bias that forward and
+            # backward estimates share passes the cycle check, so the kept labels carry it too.
+            speed = mag - gt_mag
             g = stats.setdefault("gt", {})
             for name, sel in [("", gt_ok)] + [(f"[{lo:g},{hi:g})", gt_ok & (gt_mag >= lo) & (gt_mag < hi))
                                               for lo, hi in zip(edges[:-1], edges[1:])]:
@@ -181,6 +184,8 @@ class FlowLabeler:
                 _add(into, "all_n", int(sel.sum()))
                 _add(into, "kept_sum", float(epe[sel & valid].sum()))
                 _add(into, "kept_n", int((sel & valid).sum()))
+                _add(into, "all_speed_sum", float(speed[sel].sum()))
+                _add(into, "kept_speed_sum", float(speed[sel & valid].sum()))
 
 
 # ------------------------------------------------------------------------------------------ tracks
@@ -373,10 +378,15 @@ class TrackLabeler:
 # ------------------------------------------------------------------------------------------ stage
 
 def _precision(g: dict) -> dict:
-    """Mean ground-truth error of all estimates and of the kept ones, and the yield, from sums."""
-    return {"error_all": g["all_sum"] / max(g["all_n"], 1),
-            "error_kept": g["kept_sum"] / g["kept_n"] if g["kept_n"] else float("nan"),
-            "yield": g["kept_n"] / max(g["all_n"], 1), "n": g["all_n"]}
+    """Mean ground-truth error of all estimates and of the kept ones, and the yield, from sums;
+    for flow also the mean speed bias (|estimate| - |truth|, px) of both."""
+    out = {"error_all": g["all_sum"] / max(g["all_n"], 1),
+           "error_kept": g["kept_sum"] / g["kept_n"] if g["kept_n"] else float("nan"),
+           "yield": g["kept_n"] / max(g["all_n"], 1), "n": g["all_n"]}
+    if "all_speed_sum" in g:
+        out["speed_bias_all"] = g["all_speed_sum"] / max(g["all_n"], 1)
+        out["speed_bias_kept"] = g["kept_speed_sum"] / g["kept_n"] if g["kept_n"] else float("nan")
+    return out
 
 
 def _summary(stats: dict) -> dict:
