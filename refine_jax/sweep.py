@@ -91,14 +91,10 @@ def render_targets(config, seeds: Sequence[int], workers: int = 1) -> Dict[int, 
 
 
 def label_samples(labeler, clips) -> List[dict]:
-    """The label stage's training samples of `clips`: frames uint8 (2, H, W, 3), flow (1, H, W, 2)
-    px, flow_valid (1, H, W) bool, one per consecutive pair."""
-    out = []
-    for c in clips:
-        fw, valid, _ = labeler.estimate(c.frames)
-        out += [{"frames": c.frames[t:t + 2], "flow": fw[t][None].astype(np.float32), "flow_valid": valid[t][None]}
-                for t in range(len(fw))]
-    return out
+    """The label stage's training samples of `clips` (FlowLabeler.label_clip): frames uint8
+    (2, H, W, 3), flow (1, H, W, 2) px, flow_valid (1, H, W) bool, one per consecutive pair."""
+    return [{"frames": p.frames, "flow": p.flow, "flow_valid": p.flow_valid}
+            for c in clips for p in labeler.label_clip(c, {})]
 
 
 def batches(n_samples: int, batch_size: int, steps: int, seed: int) -> List[List[int]]:
