@@ -148,7 +148,6 @@ def run(config, variants: Dict[str, dict], target_seeds: Sequence[int], train_se
         out: str, wise: Sequence[float] = (), workers: int = 1, log=print) -> List[dict]:
     """Run the sweep (see the module docstring); append its rows to `out` and return them."""
     import jax
-    import jax.numpy as jnp
     from refine_jax import checkpoints, demo, evaluate, parallel
     from refine_jax.labels.generate import FlowLabeler, LabelConfig
     from refine_jax.models.raft import RAFTConfig
@@ -195,10 +194,7 @@ def run(config, variants: Dict[str, dict], target_seeds: Sequence[int], train_se
         for k in train_seeds:
             for s in target_seeds:
                 t1 = time.time()
-                params = jax.tree_util.tree_map(jnp.array, frozen["params"])
-                state = trainer.TrainState(jnp.zeros((), jnp.int32), params,
-                                           jax.tree_util.tree_map(jnp.array, frozen["batch_stats"]),
-                                           tx.init(params), jax.random.PRNGKey(tc.seed + k))
+                state = trainer.initial_state(frozen, tx, tc.seed + k)
                 data = samples[s]
                 for idx in batches(len(data), tc.batch_size, tc.steps, 1000 * k + s):
                     state, _ = step_fn(state, {key: np.stack([data[i][key] for i in idx]) for key in data[0]})

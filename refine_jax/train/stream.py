@@ -159,8 +159,6 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     + 1, ... of synthetic.video_seed), and export it to WORKDIR/model. steps > 0: that many; else as
     many as fit in `seconds` after a timing pass. Training also stops at `seconds` (when > 0). Returns
     {'step', 'steps_planned', 'clips_rendered', 'seconds', 'model'}."""
-    import jax
-    import jax.numpy as jnp
     from refine_jax import checkpoints, demo, models, parallel, settings
     from refine_jax.data import synthetic
     from refine_jax.models.raft import RAFTConfig
@@ -196,11 +194,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
         pool.wait(max(tc.batch_size, 2 * workers))
 
         def fresh_state(tx):
-            params = jax.tree_util.tree_map(jnp.asarray, variables["params"])
-            state = trainer.TrainState(jnp.zeros((), jnp.int32), params,
-                                       jax.tree_util.tree_map(jnp.asarray, variables.get("batch_stats", {})),
-                                       tx.init(params), jax.random.PRNGKey(tc.seed))
-            return parallel.put(state, parallel.replicated(mesh))
+            return parallel.put(trainer.initial_state(variables, tx, tc.seed), parallel.replicated(mesh))
 
         def batch():
             return parallel.global_batch(pool.batch(rng, tc.batch_size), mesh)

@@ -42,6 +42,15 @@ class TrainState:
     rng: jax.Array
 
 
+def initial_state(variables, tx, seed: int) -> TrainState:
+    """Step 0 of training from `variables` ({'params', optional 'batch_stats'}): fresh copies of the
+    arrays (the train step donates its state, so the caller's variables stay usable), the
+    optimizer's initial state and a PRNG key from `seed`."""
+    params = jax.tree_util.tree_map(jnp.array, variables["params"])
+    batch_stats = jax.tree_util.tree_map(jnp.array, variables.get("batch_stats", {}))
+    return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), jax.random.PRNGKey(seed))
+
+
 def make_schedule(tc) -> optax.Schedule:
     """'onecycle': linear from lr/25 up to lr over the first `warmup` share (reference 0.1) of
     `schedule_steps`, then linearly down to lr/25/1e4 (PyTorch OneCycleLR, anneal 'linear');
@@ -258,10 +267,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         raise ValueError(f"train.batch_size={tc.batch_size} (the global batch) must be a multiple of "
                          f"the {mesh.size} devices of the mesh (or set train.num_devices)")
     tx = make_optimizer(tc)
-    params = loaded.variables["params"]
-    batch_stats = loaded.variables.get("batch_stats", {})
-    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params),
-                       jax.random.PRNGKey(tc.seed))
+    state = initial_state(loaded.variables, tx, tc.seed)
     data_dirs = tuple(d for d in (tc.data or os.path.join(workdir, "labels")).split(",") if d)
     pcfg = pipeline.PipelineConfig(
         data_dirs, clip_len=tc.clip_len or (2 if is_raft else model_cfg.S),
