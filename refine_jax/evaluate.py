@@ -604,9 +604,10 @@ def _report(out_dir, r):
                              + (f" {_fmt(v.get('speed_bias_kept'))} | {_fmt(v.get('speed_bias_all'))} |" if bias else ""))
             if bias:
                 lines.append("")
-                lines.append("Speed bias: the mean of |estimate| - |truth| in px, negative where the estimates "
-                             "are too slow. A bias the forward and backward estimates share passes the cycle "
-                             "check, so the kept labels carry it and refinement learns it.")
+                lines.append("Speed bias: the mean of |estimate| - |truth| in px ("
+                             + ("of the flow vectors" if unit == "pixels" else "of the distance from the query point, per frame")
+                             + "), negative where the estimates are too slow. A bias the forward and backward "
+                             "estimates share passes the cycle check, so the kept labels carry it and refinement learns it.")
             lines.append("")
     elif lab:
         lines += ["## Pseudo-labels", "", f"Yield {_fmt(lab.get('yield'))} (no ground truth in the labelled videos).", ""]

@@ -69,6 +69,9 @@ def test_directions_and_report_flag_what_got_worse(tmp_path):
     evaluate._report(str(tmp_path), r)
     text = (tmp_path / "report.md").read_text()
     assert "| [4,16) | 0.0500 | 1.9500 | 2.7000 | -1.9000 | -2.5000 |" in text and "too slow" in text
+    assert "of the flow vectors" in text
+    evaluate._report(str(tmp_path), {**r, "kind": "tracks"})
+    assert "of the distance from the query point" in (tmp_path / "report.md").read_text()
 
 
 def test_study_cells_and_summary():

@@ -126,6 +126,23 @@ def test_track_labels(recipe_pth, tmp_path):
     assert m2["stats"]["kept"] == 0 and m2["records"] == 0  # nothing consistent within 1e-3 px
 
 
+
+def test_track_label_statistics_measure_the_lag_of_a_slow_track():
+    """Two points moving 2 px/frame, estimated at 1.5 px/frame: error 0.5 t px at frame t, speed bias
+    (distance travelled from the query point, estimate minus truth) -0.5 t; frame 0 is the query."""
+    t = np.arange(8, dtype=np.float32)
+    gt = np.stack([np.stack([20 + 2 * t, 30 + 0 * t], -1), np.stack([40 + 0 * t, 50 + 2 * t], -1)])  # (2, 8, 2)
+    est = gt[:, :1] + (gt - gt[:, :1]) * 0.75
+    clip = shards.Clip("v", np.zeros((8, 64, 96, 3), np.uint8), tracks=gt, visible=np.ones((2, 8), bool))
+    stats = {}
+    generate.TrackLabeler._gt_stats(stats, clip, 0, est, np.array([True, False]), 2)
+    s = generate._summary({**stats, "total": 2, "kept": 1})
+    b = s["gt_per_speed_bin"]["[1,4)"]
+    assert b["n"] == 14 and b["yield"] == 0.5
+    assert b["error_all"] == pytest.approx(0.5 * t[1:].mean()) == b["error_kept"]
+    assert b["speed_bias_all"] == pytest.approx(-0.5 * t[1:].mean()) == b["speed_bias_kept"]
+    assert s["gt_per_speed_bin"]["[0,1)"]["n"] == 0
+
 def test_labels_written_to_a_url_equal_local_ones(recipe_pth, videos, tmp_path):
     """The label stage with a ram:// workdir (the gfile path that gs:// takes) writes what it writes
     on a local disk."""

@@ -358,6 +358,10 @@ class TrackLabeler:
                  (gt[:, 0, 1] >= 0) & (gt[:, 0, 1] <= clip.frames.shape[1] - 1)
         gt, gvis = gt[inside][:n_gt], gvis[inside][:n_gt]
         err = np.linalg.norm(tracks[:n_gt] - gt, axis=-1)          # (n_gt, S)
+        # signed, as for flow: the distance the estimate has travelled from the query point minus the
+        # truth's, negative where the track lags behind the point
+        lag = (np.linalg.norm(tracks[:n_gt] - tracks[:n_gt, :1], axis=-1)
+               - np.linalg.norm(gt - gt[:, :1], axis=-1))
         m = gvis.copy()
         m[:, 0] = False                                           # the query frame is pinned
         g = stats.setdefault("gt", {})
@@ -371,6 +375,8 @@ class TrackLabeler:
             km = sel & keep[:n_gt, None]
             _add(into, "kept_sum", float(err[km].sum()))
             _add(into, "kept_n", int(km.sum()))
+            _add(into, "all_speed_sum", float(lag[sel].sum()))
+            _add(into, "kept_speed_sum", float(lag[km].sum()))
         _add(g, "points", int(n_gt))
         _add(g, "points_kept", int(keep[:n_gt].sum()))
 
@@ -379,7 +385,8 @@ class TrackLabeler:
 
 def _precision(g: dict) -> dict:
     """Mean ground-truth error of all estimates and of the kept ones, and the yield, from sums;
-    for flow also the mean speed bias (|estimate| - |truth|, px) of both."""
+    also the mean speed bias (px) of both: |estimate| - |truth| for flow, for tracks the distance
+    from the query point travelled by the estimate minus the truth's."""
     out = {"error_all": g["all_sum"] / max(g["all_n"], 1),
            "error_kept": g["kept_sum"] / g["kept_n"] if g["kept_n"] else float("nan"),
            "yield": g["kept_n"] / max(g["all_n"], 1), "n": g["all_n"]}
