@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -96,8 +97,10 @@ def run(config, workdir: str) -> dict:
             i += 2
             continue
         logging.info("stage %s", name)
+        t0 = time.time()
         summary[name] = (table[name](config, workdir, trained=trained) if name == "eval"
                          else table[name](config, workdir))
+        summary.setdefault("stage_seconds", {})[name] = round(time.time() - t0, 1)
         # a training stage (pretrain, train, oracle) that saved on SIGTERM: the later stages would
         # read a model it has not written yet; rerunning the command resumes it
         if isinstance(summary[name], dict) and summary[name].get("preempted"):
@@ -130,6 +133,9 @@ def main(argv):
         summary = run(f.config, workdir)
     if not parallel.is_main_process():
         return
+    seconds = summary.pop("stage_seconds", {})
+    if seconds:
+        print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()), flush=True)
     ev = summary.get("eval")
     if summary.get("preempted"):
         stage = summary["preempted"]

@@ -198,8 +198,8 @@ def run(config, variants: Dict[str, dict], target_seeds: Sequence[int], train_se
                 data = samples[s]
                 for idx in batches(len(data), tc.batch_size, tc.steps, 1000 * k + s):
                     state, _ = step_fn(state, {key: np.stack([data[i][key] for i in idx]) for key in data[0]})
-                trained = {"params": state.params, "batch_stats": state.batch_stats}
-                seconds = time.time() - t1
+                trained = jax.block_until_ready({"params": state.params, "batch_stats": state.batch_stats})
+                seconds = time.time() - t1  # the steps run asynchronously: wait for the last one
                 models = {name: trained, **{f"{name} wise{a:g}": interp(frozen, trained, a) for a in wise}}
                 for model_name, variables in models.items():
                     emit({"variant": model_name, "target_seed": s, "train_seed": k,

@@ -122,3 +122,5 @@ def test_test_time_refinement_of_a_two_frame_scene(tmp_path):
     summary = main_lib.run(c, str(tmp_path / "run"))
     assert summary["label"]["records"] == 1 and summary["train"]["step"] == 3
     assert summary["eval"]["after"] is not None and np.isfinite(summary["eval"]["after"]["epe"])
+    assert list(summary["stage_seconds"]) == ["label", "train", "eval"]  # printed by main()
+    assert all(v >= 0 for v in summary["stage_seconds"].values())
