@@ -88,8 +88,12 @@ def run(config, workdir: str) -> dict:
             for r in range(1, rounds + 1):
                 trained = workdir if r == 1 else os.path.join(workdir, f"round{r}")
                 logging.info("round %d of %d: label and train in %s from %s", r, rounds, trained, init)
+                t0 = time.time()
                 summary[f"label_round{r}"] = table["label"](config, trained, init=init)
+                t1 = time.time()
                 summary[f"train_round{r}"] = out = table["train"](config, trained, init=init)
+                summary.setdefault("stage_seconds", {}).update(
+                    {f"label_round{r}": round(t1 - t0, 1), f"train_round{r}": round(time.time() - t1, 1)})
                 if out.get("preempted"):
                     summary["preempted"] = f"train_round{r}"
                     return summary

@@ -48,6 +48,7 @@ def test_runlocal_all_stages(config, tmp_path):
                            f"--workdir={wd}", "--config.stages=label,train,eval", "--config.label.rounds=2"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert more.returncode == 0, more.stderr[-3000:]
+    assert "stage times: label_round1 " in more.stdout and " train_round2 " in more.stdout and " eval " in more.stdout
     labels2 = json.loads((wd / "round2" / "labels" / "manifest.json").read_text())
     assert labels2["model"] == str(wd / "model")
     m2 = json.loads((wd / "eval" / "metrics.json").read_text())
