@@ -72,6 +72,14 @@ def run(config, workdir: str) -> dict:
     fs.makedirs(workdir)
     config = resolve(config, workdir)
     table, summary = stages(), {}
+
+    def timed(key, stage, *args, **kwargs):
+        """summary[key] = stage(*args, **kwargs), and its wall seconds in summary['stage_seconds']."""
+        t0 = time.time()
+        summary[key] = stage(*args, **kwargs)
+        summary.setdefault("stage_seconds", {})[key] = round(time.time() - t0, 1)
+        return summary[key]
+
     names = stage_names(config)
     for name in names:
         if name not in table:
@@ -88,12 +96,8 @@ def run(config, workdir: str) -> dict:
             for r in range(1, rounds + 1):
                 trained = workdir if r == 1 else os.path.join(workdir, f"round{r}")
                 logging.info("round %d of %d: label and train in %s from %s", r, rounds, trained, init)
-                t0 = time.time()
-                summary[f"label_round{r}"] = table["label"](config, trained, init=init)
-                t1 = time.time()
-                summary[f"train_round{r}"] = out = table["train"](config, trained, init=init)
-                summary.setdefault("stage_seconds", {}).update(
-                    {f"label_round{r}": round(t1 - t0, 1), f"train_round{r}": round(time.time() - t1, 1)})
+                timed(f"label_round{r}", table["label"], config, trained, init=init)
+                out = timed(f"train_round{r}", table["train"], config, trained, init=init)
                 if out.get("preempted"):
                     summary["preempted"] = f"train_round{r}"
                     return summary
@@ -101,10 +105,7 @@ def run(config, workdir: str) -> dict:
             i += 2
             continue
         logging.info("stage %s", name)
-        t0 = time.time()
-        summary[name] = (table[name](config, workdir, trained=trained) if name == "eval"
-                         else table[name](config, workdir))
-        summary.setdefault("stage_seconds", {})[name] = round(time.time() - t0, 1)
+        timed(name, table[name], config, workdir, **({"trained": trained} if name == "eval" else {}))
         # a training stage (pretrain, train, oracle) that saved on SIGTERM: the later stages would
         # read a model it has not written yet; rerunning the command resumes it
         if isinstance(summary[name], dict) and summary[name].get("preempted"):
