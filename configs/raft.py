@@ -1,7 +1,7 @@
 """RAFT refinement configs.
 
 Default (no preset): the embedded demo. It refines the committed procedural stand-in RAFT-small
-(refine_jax/standins/raft_small, made by :pretrain through refine_jax.train.stream on a GPU) on procedural target videos with the source's
+(refine_jax/demo/standins/raft_small, made by :pretrain through refine_jax.demo.stream on a GPU) on procedural target videos with the source's
 motion and another appearance (motion blur, fog, defocus, sensor noise, exposure drift), then
 compares before, after, an oracle trained on the ground truth, and zero flow:
   python -m refine_jax.main --config=configs/raft.py
@@ -15,6 +15,8 @@ Presets:
   :runlocal  a tiny run of every stage for a quick CPU check.
 """
 import ml_collections
+
+from refine_jax import settings
 
 
 def get_config(arg=None):
@@ -34,45 +36,15 @@ def get_config(arg=None):
                      "clip": 1.0, "weight_decay": 1e-4, "gamma": 0.8, "save_every": 250,
                      "keep_checkpoints": 2, "log_every": 50},
         "pretrain_augment": {"enabled": True, "crop": (160, 224), "eraser": 0.5, "vflip": 0.1}})
-    # The reference thresholds (alpha 0.002, beta 0.1 px, colour 0.005 on [-0.5, 0.5]) assume clean
-    # renders; `color_thresh` "auto" raises the colour threshold to what the measured sensor noise
-    # of each pair makes two correct matches differ by (labels/cycle.py, noise_color_threshold).
-    # 12 label iterations for CPU time (the reference uses 32). With the previous (4500-step) stand-in,
-    # 24 gave the frozen model a lower target EPE on all three demo seeds but the refined model a
-    # mixed result: EPE change -2.7 / -0.8 / -29.4 % against -3.1 / -2.0 / -13.7 % with 12 (seeds
-    # 0 / 1 / 2; the gain is at >= 16 px/frame).
-    c.label = ml_collections.ConfigDict({
-        "batch": 6, "iters": 12, "alpha": 0.002, "beta": 0.1, "color_thresh": 0.005, "max_flow": 400.0,
-        "color_noise": True, "color_gain": True, "rounds": 1, "pad_mode": "sintel"})
-    c.augment = ml_collections.ConfigDict({
-        "enabled": True, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.5 / 3.14,
-        "asym_prob": 0.2, "crop": (192, 256), "hflip": 0.5, "vflip": 0.1, "eraser": 0.0})
-    # mask_mode 'batch_mean' is the loss the reference refinement code runs (its mask broadcast
-    # weights every pixel by the batch-mean validity, so pixels without a label are still pulled
-    # towards the frozen model's own estimate). Measured on the demo (seed 0, 100 steps on 160x224
-    # crops): with the per-sample mask the model drifts where there are no labels (EPE +9.8 % at
-    # >= 16 px/frame, mean EPE +0.4 %); with 'batch_mean' every speed bin improves (mean -3.3 %).
-    # Training runs as many iterations as the labels and the evaluation (12), as the reference runs 32
-    # in all three, on 192x256 crops that keep more of a fast match inside the crop. Measured with the
-    # current stand-in (demo seeds 0 / 1 / 2, EPE change): 8 iterations on 128x192 crops, 80 steps
-    # -1.4 / -5.2 / +3.0 %; 12 iterations on the same crops -4.2 / -6.7 / +4.2 %; 12 on 192x256, 80
-    # steps -5.8 / -4.8 / -3.4 %; 50 steps -5.7 / -7.6 / -0.3 % (batch 4: -1.0 / -4.8 / -8.7 %); this,
-    # 35 steps, -7.0 / -6.6 / -6.1 %, and the demo takes 314-331 s on 2 cores (389-520 s with 50).
-    # That is one training seed: train.seed 1 gives -6.0 / -4.3 / +2.2 %, seed 2 -8.2 / -2.9 / -4.9 %;
-    # frozen=("fnet",) (2.7 against 3.1 s/step) -7.0 / -5.9 / -5.0 % and, with seed 1, -5.9 / -3.2 / +3.8 %.
-    # Over the 3 x 3 train and target seeds (README): lr 5e-5 mean -5.8 % (EPE, 1 px and 3 px better in
-    # all 9, better than 1e-4 in 4 of 9 pairs), warmup 0.3 (the reference's pct_start is 0.1) mean -5.3 %,
-    # this -4.9 %; 25 steps worse. Target seed 2's 4-16 px bin gets worse in all of them.
-    # Over 6 target x 2 train seeds (refine_jax.sweep, README) this passes the demo's bar (EPE -5 %, no
-    # bin worse, 1 and 3 px up) in 4 of 12 cells, the 4-16 px bin failing; no other setting tried passes more.
-    c.train = ml_collections.ConfigDict({
-        "steps": 35, "batch_size": 6, "lr": 1e-4, "schedule": "onecycle", "schedule_steps": 0, "warmup": 0.1,
-        "weight_decay": 1e-4, "clip": 5.0, "grad_accum": 1, "iters": 12, "gamma": 0.85, "max_flow": 400.0,
-        "mask_mode": "batch_mean", "freeze_bn": False, "save_every": 50, "log_every": 10, "seed": 0,
-        "data": "", "size": (), "frozen": ()})
-    # pad_mode 'auto': as RAFT's official evaluation of the data ('kitti' for KITTI shards, else 'sintel')
-    c.eval = ml_collections.ConfigDict({"iters": 12, "data": "", "curve": False, "label_free": True,
-                                        "pad_mode": "auto"})
+    # The cycle check (alpha 0.002, beta 0.1 px, colour 0.005 on [-0.5, 0.5]) is the reference's;
+    # colour_noise / colour_gain widen the colour test by each pair's measured sensor noise and gain
+    # (labels/cycle.py). 12 iterations for CPU time (the reference runs 32); docs/results.md.
+    c.label = settings.section(settings.LabelConfig, batch=6, iters=12, color_noise=True, color_gain=True)
+    c.augment = settings.section(settings.AugmentConfig, crop=(192, 256))
+    # The demo's budget: 35 steps of 6 pairs with as many iterations as labels and evaluation (12);
+    # how it was chosen, with the settings measured against it, is in docs/results.md.
+    c.train = settings.section(settings.TrainConfig, steps=35, batch_size=6)
+    c.eval = settings.section(settings.EvalConfig, iters=12)
     if arg in (None, ""):
         return c
     if arg == "pretrain":

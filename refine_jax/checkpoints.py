@@ -72,10 +72,7 @@ def exported_steps(model_dir) -> Optional[int]:
 def init_variables(cfg, seed: int = 0) -> dict:
     """The variables of a randomly initialised model of `cfg` (Flax default initialisers), on the host."""
     import jax
-    from refine_jax.convert import abstract_variables
     from refine_jax.models import build_model
-    shapes = abstract_variables(cfg)  # a shape-only pass first, to build inputs of the right size
-    del shapes
     model = build_model(cfg)
     if cfg.arch == "pips":
         from refine_jax.models.pips import example_inputs
@@ -141,8 +138,8 @@ def _load(path) -> LoadedModel:
     if not p.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
     if p.is_file():
-        from refine_jax import convert
-        cfg, variables, provenance = convert.convert_file(os.fspath(p))
+        from refine_jax import pth
+        cfg, variables, provenance = pth.convert_file(os.fspath(p))
         return LoadedModel(cfg, variables, provenance)
     meta_path = p / MODEL_JSON
     if not meta_path.exists():
@@ -150,8 +147,7 @@ def _load(path) -> LoadedModel:
                                 f"pass a folder written by refine_jax.convert or a .pth file")
     meta = json.loads(meta_path.read_text())
     cfg = models.model_config(meta["arch"], meta["model"])
-    from refine_jax.convert import abstract_variables
-    target = abstract_variables(cfg)
+    target = models.abstract_variables(cfg)
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore((p / VARIABLES).absolute(), target)
     return LoadedModel(cfg, variables, meta.get("provenance", {}))

@@ -14,9 +14,18 @@ def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 
 
+def tf():
+    """TensorFlow, imported on first use with its GPUs hidden (it never takes an accelerator from JAX)."""
+    import tensorflow  # noqa: PLC0415
+    try:
+        tensorflow.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass
+    return tensorflow
+
+
 def _gfile():
-    from refine_jax.data.shards import _tf
-    return _tf().io.gfile
+    return tf().io.gfile
 
 
 def abspath(path) -> str:

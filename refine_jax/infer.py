@@ -30,7 +30,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from refine_jax import checkpoints, cli, fs, viz
+from refine_jax import checkpoints, cli, fs, tasks, viz
 from refine_jax.data import flo, frames as frames_lib
 
 
@@ -83,10 +83,10 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def run_flow(args) -> int:
-    from refine_jax.models.raft import RAFTConfig, make_flow_fn
+    from refine_jax.models.raft import make_flow_fn
 
     loaded = checkpoints.load_model(args.weights)
-    if not isinstance(loaded.cfg, RAFTConfig):
+    if tasks.of(loaded.cfg) is not tasks.FLOW:
         raise ValueError(f"{args.weights}: is a {loaded.arch} checkpoint; `infer flow` needs RAFT")
     video = frames_lib.read_frames(args.frames)
     pairs = frame_pairs(len(video), args.pairs)
@@ -142,11 +142,10 @@ def overlay_video(video: np.ndarray, tracks: np.ndarray, visible: np.ndarray, ta
 def run_tracks(args) -> int:
     import dataclasses
 
-    from refine_jax.models.pips import PipsConfig
     from refine_jax.models.pips_chain import ChainedTracker
 
     loaded = checkpoints.load_model(args.weights)
-    if not isinstance(loaded.cfg, PipsConfig):
+    if tasks.of(loaded.cfg) is not tasks.TRACKS:
         raise ValueError(f"{args.weights}: is a {loaded.arch} checkpoint; `infer tracks` needs PIPs")
     cfg = dataclasses.replace(loaded.cfg, stride=args.stride)
     video = frames_lib.read_frames(args.video)

@@ -15,7 +15,7 @@ axis 'data'. A run may span several processes (hosts), each owning its local dev
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
@@ -142,3 +142,17 @@ def allgather(x: np.ndarray) -> np.ndarray:
         return np.asarray(x)[None]
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=False))
+
+
+def gather_rows(rows: List[Dict[str, float]], template: Dict[str, float]) -> List[Dict[str, float]]:
+    """Every process's rows (dicts with the keys of `template`), in process order; with one
+    process, `rows`."""
+    if jax.process_count() == 1:
+        return rows
+    keys = sorted(template)
+    counts = allgather(np.asarray(len(rows)))
+    local = np.full((int(counts.max()), len(keys)), np.nan)
+    for i, r in enumerate(rows):
+        local[i] = [r[k] for k in keys]
+    table = allgather(local)
+    return [dict(zip(keys, map(float, table[p, i]))) for p in range(len(table)) for i in range(counts[p])]

@@ -1,8 +1,130 @@
-"""Typed settings read from a config section (ml_collections ConfigDict or dict)."""
+"""The settings of every stage: one frozen dataclass per config section, the single source of
+their defaults. The config files build their sections from these (`section`), naming only what they
+change, and the stages read them back (`from_section`), rejecting unknown keys.
+
+  label    LabelConfig    the cycle check and what gets queried (labels/)
+  augment  AugmentConfig  photometric and spatial augmentation (train/augment.py)
+  train    TrainConfig    the optimiser, schedule, loss and checkpoints (train/, stages/train.py)
+  eval     EvalConfig     what the evaluation measures (stages/evaluate.py)
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """Labelling settings (config.label). Flow: alpha, beta, color_thresh, max_flow, color_noise,
+    color_gain (labels/cycle.py). Tracks: tau,
+    grid (points per side), densify_window (0 = off), use_gt_points, window_hop, stride, speed_bins
+    (px/frame), cap_per_bin (0 = no cap), min_speed, max_queries (padded query count per window),
+    query_chunk (queries tracked at once; 0 = as many as `auto_query_chunk` allows)."""
+    out: str = "labels"
+    batch: int = 8
+    iters: int = 0             # 0: the model's reference count (RAFT 32, PIPs 6)
+    alpha: float = 0.002
+    beta: float = 0.1
+    color_thresh: float = 0.005
+    max_flow: float = 400.0
+    color_noise: bool = False
+    color_gain: bool = False
+    tau: float = 3.0
+    grid: int = 16
+    densify_window: int = 0
+    use_gt_points: bool = True
+    window_hop: int = 8
+    stride: int = 4
+    speed_bins: Tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    cap_per_bin: int = 0
+    min_speed: float = 0.0
+    max_queries: int = 512
+    query_chunk: int = 0
+    num_devices: int = 0       # 0: all devices (of this process)
+    seed: int = 0
+    rounds: int = 1            # label-and-train rounds; the loop is in main.py
+    pad_mode: str = "sintel"   # RAFT's InputPadder: 'sintel' splits the padding, 'kitti' pads below only
+
+    @classmethod
+    def from_config(cls, c) -> "LabelConfig":
+        return from_section(cls, c, "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.5 / 3.14
+    asym_prob: float = 0.2
+    crop: Tuple[int, int] = ()     # (h, w); () = no crop
+    hflip: float = 0.5
+    vflip: float = 0.1
+    eraser: float = 0.0            # probability of erasing boxes in the later frames
+
+    @classmethod
+    def from_config(cls, c) -> "AugmentConfig":
+        return from_section(cls, c, "augment")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 2
+    lr: float = 1e-4
+    schedule: str = "onecycle"
+    schedule_steps: int = 0        # 0: `steps` (the reference RAFT run uses 1100 with 1000 steps)
+    warmup: float = 0.1            # 'onecycle': the share of schedule_steps spent rising (PyTorch pct_start)
+    weight_decay: float = 1e-4
+    clip: float = 5.0
+    grad_accum: int = 1
+    iters: int = 12
+    gamma: float = 0.85
+    max_flow: float = 400.0
+    # 'batch_mean': the reference refinement's loss (every pixel weighted by the batch's mean
+    # validity, so pixels without a label are pulled towards the frozen estimate); 'per_sample'
+    # weights each pixel by its own label mask (docs/method.md)
+    mask_mode: str = "batch_mean"
+    score_map_loss: bool = False
+    vis_loss: bool = False
+    freeze_bn: bool = False        # RAFT: False = batch statistics (the reference refinement run)
+    frozen: Tuple[str, ...] = ()   # top-level modules not trained (e.g. 'fnet', the encoder)
+    save_every: int = 50
+    log_every: int = 10
+    seed: int = 0
+    data: str = ""                 # shard folder(s); default WORKDIR/labels
+    clip_len: int = 0              # 0: 2 (RAFT) or 8 (PIPs)
+    size: Tuple[int, int] = ()     # resize (H, W); () keeps the stored size
+    max_tracks: int = 128
+    shuffle_buffer: int = 64
+    num_devices: int = 0           # 0: all devices
+    keep_checkpoints: int = 0      # 0: keep all (the eval stage draws the metric curve from them)
+
+    @classmethod
+    def from_config(cls, c) -> "TrainConfig":
+        return from_section(cls, c, "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    data: str = ""                 # shard folder(s) with GT; default config.data.videos
+    iters: int = 0                 # RAFT 32 / PIPs 6 when 0
+    stride: int = 4                # PIPs
+    query_mode: str = "first"
+    tapvid_256: bool = False
+    max_clips: int = 0             # 0 = all
+    curve: bool = False            # also measure every kept training checkpoint (the metric curve)
+    label_free: bool = True        # the cycle-check and photometric diagnostics
+    # RAFT's InputPadder mode: 'auto' pads as the official evaluation of the data does ('kitti', all
+    # rows below, for KITTI shard folders; 'sintel', split evenly, for everything else)
+    pad_mode: str = "auto"
+
+    @classmethod
+    def from_config(cls, c) -> "EvalConfig":
+        return from_section(cls, c, "eval")
+
 
 
 def from_section(cls, section, name: str):
@@ -38,3 +160,16 @@ def differences(old, new, skip=frozenset(), prefix: str = "", defaults=None) -> 
     empty = lambda v: v is None or (isinstance(v, (list, tuple, str)) and not v)
     same = old == new or (empty(old) and empty(new))
     return [] if same else [f"{prefix.rstrip('.')}: {old!r} then, {new!r} now"]
+
+
+SECTIONS = {"label": LabelConfig, "augment": AugmentConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def section(cls, **changes):
+    """A config section (ml_collections ConfigDict) holding every field of the dataclass `cls`: its
+    default, or the value in `changes` (an unknown name is an error). Tuples stay tuples."""
+    import ml_collections
+    unknown = set(changes) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    return ml_collections.ConfigDict({**dataclasses.asdict(cls()), **changes})

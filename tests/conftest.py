@@ -22,7 +22,7 @@ os.environ.update({"JAX_COMPILATION_CACHE_DIR": _CACHE, "JAX_PERSISTENT_CACHE_MI
 
 import pytest  # noqa: E402
 
-from refine_jax import convert  # noqa: E402
+from refine_jax import pth  # noqa: E402
 
 import golden  # noqa: E402  (tests/ is on sys.path under pytest's rootdir conftest)
 
@@ -42,7 +42,7 @@ def converted(recipe_pth):
 
     def get(arch):
         if arch not in cache:
-            cfg, variables, _ = convert.convert_file(recipe_pth(arch), arch)
+            cfg, variables, _ = pth.convert_file(recipe_pth(arch), arch)
             cache[arch] = (cfg, variables)
         return cache[arch]
     return get

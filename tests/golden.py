@@ -1,7 +1,7 @@
 """Golden fixtures: rebuild the seed-recipe weights, save them as an official-layout .pth, convert.
 
-The recipe is `../shared/golden/README.md` ("Weight recipe"); the draw order and the per-tensor
-check values are `tests/data/weights_manifest.json`. The weights go through the real user path:
+The recipe is in docs/method.md ("Parity"); the draw order and the per-tensor check values are
+`tests/data/weights_manifest.json`. The weights go through the real user path:
 torch.save(.pth) -> refine_jax.convert.
 """
 from __future__ import annotations

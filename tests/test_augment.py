@@ -3,8 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from refine_jax import settings
 from refine_jax.train import augment
-from refine_jax.data import synthetic
+from refine_jax.demo import synthetic
 from scipy.ndimage import map_coordinates
 
 
@@ -22,7 +23,7 @@ def test_geometric_augmentation_keeps_flow_consistent():
     clip = synthetic.render_video(synthetic.PRESETS["source"], 3, 2, 96, 128, num_tracks=30)
     batch = {"frames": jnp.asarray(clip.frames[None]), "flow": jnp.asarray(clip.flow[None]),
              "flow_valid": jnp.asarray(clip.flow_valid[None])}
-    ac = augment.AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, crop=(64, 96), hflip=0.5,
+    ac = settings.AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, crop=(64, 96), hflip=0.5,
                                vflip=0.5)
     base = _warp_err(clip.frames, clip.flow[0], clip.flow_valid[0])
     flips = set()
@@ -39,7 +40,7 @@ def test_tracks_follow_crop_and_flip_and_leave_visibility():
     clip = synthetic.render_video(synthetic.PRESETS["source"], 4, 3, 96, 128, num_tracks=40)
     batch = {"frames": jnp.asarray(clip.frames[None]), "tracks": jnp.asarray(clip.tracks[None]),
              "visible": jnp.asarray(clip.visible[None]), "track_valid": jnp.ones((1, 40), bool)}
-    ac = augment.AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, crop=(64, 64), hflip=1.0, vflip=0.0)
+    ac = settings.AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, crop=(64, 64), hflip=1.0, vflip=0.0)
     out = jax.device_get(augment.augment_batch(jax.random.PRNGKey(0), batch, ac))
     tr, vis, fr = out["tracks"][0], out["visible"][0], out["frames"][0]
     for t in range(3):
@@ -65,10 +66,10 @@ def test_colour_jitter_ranges_and_asymmetry():
     asym_seen = sym_seen = False
     for s in range(20):
         out = augment.augment_batch(jax.random.PRNGKey(s), {"frames": frames},
-                                    augment.AugmentConfig(hflip=0, vflip=0))["frames"][0]
+                                    settings.AugmentConfig(hflip=0, vflip=0))["frames"][0]
         same = bool(jnp.all(out[0] == out[1]))
         asym_seen |= not same
         sym_seen |= same
     assert asym_seen and sym_seen
     assert augment.augment_batch(jax.random.PRNGKey(0), {"frames": frames},
-                                 augment.AugmentConfig(enabled=False))["frames"] is frames
+                                 settings.AugmentConfig(enabled=False))["frames"] is frames

@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from refine_jax import bench
+from refine_jax.tools import bench
 
 
 def test_time_call_takes_jitted_and_plain_functions():
@@ -21,7 +21,7 @@ def test_official_checkout_is_imported_in_isolation_and_restored(tmp_path, capsy
     import pytest
     import torch
 
-    from refine_jax import official
+    from refine_jax.tools import official
     core = tmp_path / "RAFT" / "core"
     (core / "utils").mkdir(parents=True)
     (core / "utils" / "__init__.py").write_text("MARK = 'checkout'\n")

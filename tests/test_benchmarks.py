@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fabricate
+from refine_jax import settings
 from refine_jax.data import benchmarks, shards
 
 RNG = np.random.default_rng(0)
@@ -142,12 +143,12 @@ def test_kitti_flow_pairs_and_videos(tmp_path):
 def _evaluation_pads_kitti_shards_as_raft_does(kitti_shards, tmp):
     """eval.pad_mode 'auto' is RAFT's KITTI padding (all rows below) for KITTI shard folders only."""
     import ml_collections
-    from refine_jax import evaluate
+    from refine_jax.stages import evaluate
     other = os.path.join(tmp, "other")
     with shards.ShardWriter(other, "vid") as w:
         w.write_clip(shards.Clip("v", np.zeros((2, 8, 8, 3), np.uint8)))
     resolve = lambda data, mode="auto": evaluate.resolve_pad_mode(
-        evaluate.EvalConfig(data=data, pad_mode=mode), ml_collections.ConfigDict({"data": {"videos": ""}}))
+        settings.EvalConfig(data=data, pad_mode=mode), ml_collections.ConfigDict({"data": {"videos": ""}}))
     assert resolve(kitti_shards) == "kitti"
     assert resolve(f"{kitti_shards},{kitti_shards}") == "kitti"
     assert resolve(other) == "sintel" and resolve(f"{kitti_shards},{other}") == "sintel"

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from refine_jax import cli, convert, infer, lock
-from refine_jax.data import benchmarks, ingest, synthetic
-from refine_jax.labels import generate
+from refine_jax.data import benchmarks, ingest
+from refine_jax.demo import synthetic
+from refine_jax.stages import label as generate
 from refine_jax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

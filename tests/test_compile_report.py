@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from refine_jax import checkpoints, cli, compile_report, models
+from refine_jax import checkpoints, cli, models
+from refine_jax.tools import compile_report
 
 TINY = {"raft_small": ("configs/raft.py:runlocal", (128, 128)), "pips": ("configs/pips.py:runlocal", (128, 128))}
 

@@ -8,7 +8,7 @@ import torch
 from flax import traverse_util
 
 import golden
-from refine_jax import checkpoints, convert
+from refine_jax import checkpoints, convert, pth
 from refine_jax.models import PARAM_COUNTS
 
 
@@ -33,8 +33,8 @@ def _flat(variables):
 @pytest.mark.parametrize("arch", ["raft", "raft_small", "pips"])
 def test_convert_counts_and_export_keys_match_official_listing(converted, arch):
     cfg, variables = converted(arch)
-    assert convert.count_params(variables) == PARAM_COUNTS[arch]
-    exported = convert.variables_to_state_dict(variables, cfg)
+    assert pth.count_params(variables) == PARAM_COUNTS[arch]
+    exported = pth.variables_to_state_dict(variables, cfg)
     assert set(exported) == _official_keys(arch)
 
 
@@ -42,7 +42,7 @@ def test_convert_counts_and_export_keys_match_official_listing(converted, arch):
 def test_export_round_trip_is_exact(converted, recipe_pth, tmp_path, arch):
     cfg, variables = converted(arch)
     out = tmp_path / "again.pth"
-    convert.export_pth(variables, cfg, str(out))
+    pth.export_pth(variables, cfg, str(out))
     original = torch.load(recipe_pth(arch), weights_only=True)
     original = original.get("model_state_dict", original)
     again = torch.load(str(out), weights_only=True)
@@ -58,7 +58,7 @@ def test_prefixes_are_stripped(converted, tmp_path):
     state = OrderedDict(("model." + k, torch.from_numpy(v.copy()))
                         for k, v in golden.recipe_state_dict("raft_small").items())
     torch.save(state, tmp_path / "refined.pth")
-    cfg2, variables2, prov = convert.convert_file(str(tmp_path / "refined.pth"), "raft_small")
+    cfg2, variables2, prov = pth.convert_file(str(tmp_path / "refined.pth"), "raft_small")
     assert cfg2 == cfg
     assert prov["source"] == "refined.pth" and len(prov["source_sha256"]) == 64
     f1, f2 = _flat(variables), _flat(variables2)
@@ -72,8 +72,8 @@ def test_wrong_keys_and_shapes_are_listed(tmp_path):
     state["module.update_block.extra.weight"] = torch.zeros(3, 3, 1, 1)
     state["module.fnet.conv2.weight"] = torch.zeros(7, 96, 1, 1)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(convert.CheckpointMismatch) as e:
-        convert.convert_file(str(tmp_path / "bad.pth"), "raft_small")
+    with pytest.raises(pth.CheckpointMismatch) as e:
+        pth.convert_file(str(tmp_path / "bad.pth"), "raft_small")
     msg = str(e.value)
     assert "bad.pth" in msg
     assert "missing key update_block.gru.convz.bias" in msg
@@ -85,18 +85,18 @@ def test_aliased_batchnorm_must_agree(tmp_path):
     state = OrderedDict((k, torch.from_numpy(v.copy())) for k, v in golden.recipe_state_dict("raft").items())
     state["module.cnet.layer2.0.downsample.1.weight"] = state["module.cnet.layer2.0.downsample.1.weight"] + 1
     torch.save(state, tmp_path / "alias.pth")
-    with pytest.raises(convert.CheckpointMismatch, match="aliased BatchNorm entry"):
-        convert.convert_file(str(tmp_path / "alias.pth"), "raft")
+    with pytest.raises(pth.CheckpointMismatch, match="aliased BatchNorm entry"):
+        pth.convert_file(str(tmp_path / "alias.pth"), "raft")
 
 
 def test_wrong_arch_and_bad_files(recipe_pth, tmp_path):
-    with pytest.raises(convert.CheckpointMismatch, match="--arch=raft but the keys are those of raft_small"):
-        convert.convert_file(recipe_pth("raft_small"), "raft")
+    with pytest.raises(pth.CheckpointMismatch, match="--arch=raft but the keys are those of raft_small"):
+        pth.convert_file(recipe_pth("raft_small"), "raft")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        convert.convert_file(str(tmp_path / "nope.pth"))
+        pth.convert_file(str(tmp_path / "nope.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="junk.pth: cannot be read"):
-        convert.convert_file(str(tmp_path / "junk.pth"))
+        pth.convert_file(str(tmp_path / "junk.pth"))
 
 
 def test_checkpoint_folder_cli_round_trip(recipe_pth, tmp_path):
@@ -118,17 +118,17 @@ def test_checkpoint_folder_cli_round_trip(recipe_pth, tmp_path):
 
 
 def test_name_mapping_is_mechanical():
-    assert convert.torch_module_to_flax("cnet.layer2.0.norm3") == ("cnet", "layer2_0", "norm3")
-    assert convert.torch_module_to_flax("delta_block.to_delta.1.0.fn.0") == (
+    assert pth.torch_module_to_flax("cnet.layer2.0.norm3") == ("cnet", "layer2_0", "norm3")
+    assert pth.torch_module_to_flax("delta_block.to_delta.1.0.fn.0") == (
         "delta_block", "to_delta_1_0", "fn_0")
     for name in ["update_block.mask.2", "delta_block.to_delta.15", "ffeat_updater.0", "fnet.conv1"]:
-        assert convert.flax_module_to_torch(convert.torch_module_to_flax(name)) == name
+        assert pth.flax_module_to_torch(pth.torch_module_to_flax(name)) == name
 
 
 def test_pips_plain_state_dict_and_reference_dict_load_the_same(converted, tmp_path):
     """Fine-tuned PIPs files are a plain state_dict; the reference file wraps it with the optimizer."""
     cfg, variables = converted("pips")  # from the reference-format file
     golden.write_pth("pips", str(tmp_path / "plain.pth"), wrap_pips=False)
-    cfg2, variables2, _ = convert.convert_file(str(tmp_path / "plain.pth"), "pips")
+    cfg2, variables2, _ = pth.convert_file(str(tmp_path / "plain.pth"), "pips")
     f1, f2 = _flat(variables), _flat(variables2)
     assert cfg2 == cfg and f1.keys() == f2.keys() and all(np.array_equal(f1[k], f2[k]) for k in f1)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from refine_jax.data import ingest as ingest_lib, pipeline, shards, synthetic
-from refine_jax.data import shifts as shifts_lib
+from refine_jax.data import ingest as ingest_lib, pipeline, shards
+from refine_jax.demo import synthetic
+from refine_jax.demo import shifts as shifts_lib
 from refine_jax.data import frames as frames_lib
 
 

@@ -5,8 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from refine_jax import demo, evaluate, main
-from refine_jax.data import shards, synthetic
+from refine_jax.demo import stages as demo
+from refine_jax.stages import evaluate
+from refine_jax import pipeline
+from refine_jax.data import shards
+from refine_jax.demo import synthetic
 from test_recipes import load_config
 
 
@@ -52,14 +55,14 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
     config.stages = ("label", "train", "oracle", "eval")
     with pytest.raises(ValueError, match=r"shards: the oracle stage trains on ground-truth flow or tracks, "
                                          r"and its first clip \(mine-0\) carries neither"):
-        main.run(config, str(tmp_path / "run2"))
+        pipeline.run(config, str(tmp_path / "run2"))
     assert not (tmp_path / "run2" / "labels").exists()
 
 
 def test_track_labels_on_footage_without_points_ask_for_a_grid(tmp_path):
     """The PIPs configs query at ground-truth points; footage has none: one sentence that says so
     and what to set, not an empty label set that training then calls 'too short'."""
-    from refine_jax.labels import generate
+    from refine_jax.stages import label as generate
     config = load_config("pips", "runlocal")
     config.data.videos = _footage(tmp_path / "shards", 8, (64, 64), videos=1)
     config.init = demo.standin_dir("pips")

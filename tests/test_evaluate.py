@@ -2,9 +2,11 @@
 import json
 
 import numpy as np
+from refine_jax.evaluation import flow as flow_eval, report, tracks as track_eval
 
-from refine_jax import evaluate, settings, study
-from refine_jax.data import synthetic
+from refine_jax import settings
+from refine_jax.tools import study
+from refine_jax.demo import synthetic
 
 
 def test_flow_metrics_per_speed_bin_and_zero_baseline():
@@ -18,14 +20,14 @@ def test_flow_metrics_per_speed_bin_and_zero_baseline():
     valid = np.zeros((4, 8), bool)
     valid[:2] = True
     color = np.full((4, 8), 2.0 / 255)
-    rows = [evaluate._flow_row(pred, gt)]
-    m = evaluate._flow_metrics(rows, "")
+    rows = [flow_eval.flow_row(pred, gt)]
+    m = flow_eval.flow_metrics(rows, "")
     assert np.isclose(m["epe"], 5.0 / 4) and np.isclose(m["1px"], 0.75) and np.isclose(m["5px"], 0.75)
-    assert np.isclose(m["fl"], 0.25) and evaluate.lower_is_better("fl")  # 5 px off: > 3 px and > 5 % of 20
+    assert np.isclose(m["fl"], 0.25) and report.lower_is_better("fl")  # 5 px off: > 3 px and > 5 % of 20
     assert m["epe@[0,1)"] == 0 and m["epe@[4,16)"] == 0 and np.isclose(m["epe@[16,inf)"], 5.0)
-    free = evaluate._label_free_metrics([evaluate._label_free_row(valid, color)])
+    free = flow_eval.label_free_metrics([flow_eval.label_free_row(valid, color)])
     assert np.isclose(free["cycle_pass"], 0.5) and np.isclose(free["photometric_error"], 2.0)
-    z = evaluate._flow_metrics(rows, "zero:")
+    z = flow_eval.flow_metrics(rows, "zero:")
     assert np.isclose(z["epe"], (0.5 + 2 + 8 + 20) / 4) and np.isclose(z["epe@[4,16)"], 8.0)
     assert "cycle_pass" not in z
 
@@ -36,41 +38,41 @@ def test_track_rows_static_baseline_and_bins():
     vis = np.ones((2, 5), bool)
     q = np.array([[0, 10, 10], [0, 20, 30]], float)
     still = np.repeat(q[:, None, 1:], 5, axis=1)
-    row = evaluate._track_row(q, gt, vis, still, vis, evaluate.EvalConfig(), (64, 64))
+    row = track_eval.track_row(q, gt, vis, still, vis, settings.EvalConfig(), (64, 64))
     assert np.isclose(row["ate"], (0.5 * 2.5 + 6 * 2.5) / 2)             # mean over frames 1..4
     assert row["tracks@[0,1)"] == 1 and row["tracks@[4,16)"] == 1
-    m = evaluate._track_metrics([row])
+    m = track_eval.track_metrics([row])
     assert np.isclose(m["ate@[0,1)"], 1.25) and np.isclose(m["ate@[4,16)"], 15.0) and np.isnan(m["ate@[1,4)"])
 
 
 def test_directions_and_report_flag_what_got_worse(tmp_path):
-    assert evaluate.lower_is_better("epe") and evaluate.lower_is_better("epe@[4,16)")
-    assert evaluate.lower_is_better("ate@[0,1)") and evaluate.lower_is_better("photometric_error")
-    assert not evaluate.lower_is_better("1px") and not evaluate.lower_is_better("delta_avg")
-    assert not evaluate.lower_is_better("cycle_pass")
+    assert report.lower_is_better("epe") and report.lower_is_better("epe@[4,16)")
+    assert report.lower_is_better("ate@[0,1)") and report.lower_is_better("photometric_error")
+    assert not report.lower_is_better("1px") and not report.lower_is_better("delta_avg")
+    assert not report.lower_is_better("cycle_pass")
     before = {"epe": 1.44, "1px": 0.300, "cycle_pass": 0.07}
     after = {"epe": 1.39, "1px": 0.268, "cycle_pass": 0.07}
     r = {"primary": "epe", "kind": "flow", "lower_is_better": True, "before": before, "after": after, "oracle": None,
          "baseline": {"epe": 1.387, "1px": 0.1}, "baseline_name": "zero flow", "speed_bins": {"[0,1)": 1.0},
          "labels": None, "model_before": "a", "clips": 1, "resolution": "8x8", "query_mode": None,
-         "improved": {k: evaluate._improved(k, before[k], after[k]) for k in before}}
+         "improved": {k: report.improved(k, before[k], after[k]) for k in before}}
     assert r["improved"] == {"epe": True, "1px": False, "cycle_pass": None}
-    evaluate._report(str(tmp_path), r)
+    report.write_markdown(str(tmp_path), r)
     text = (tmp_path / "report.md").read_text()
     assert "Worse after refinement: 1px." in text and "| 1px | higher | 0.1000 | 0.3000 | 0.2680 |" in text
     assert "zero flow 1.3870" in text
     assert "The model after refinement is no better than zero flow" in text
     assert "The model before refinement is no better than zero flow** (1.4400 vs 1.3870)" in text
-    assert evaluate._json_safe({"a": float("nan"), "b": [np.float32(1.5)], "example": 1}) == {"a": None, "b": [1.5]}
+    assert report.json_safe({"a": float("nan"), "b": [np.float32(1.5)], "example": 1}) == {"a": None, "b": [1.5]}
     # the labels' section: yield and error per ground-truth speed bin, with the speed bias where recorded
     r["labels"] = {"yield": 0.1, "kept": 10, "total": 100, "error_kept": 0.7, "error_all": 2.1, "kept_over_all": 0.33,
                    "per_speed_bin": {"[4,16)": {"yield": 0.05, "error_kept": 1.95, "error_all": 2.7, "n": 9,
                                                 "speed_bias_kept": -1.9, "speed_bias_all": -2.5}}}
-    evaluate._report(str(tmp_path), r)
+    report.write_markdown(str(tmp_path), r)
     text = (tmp_path / "report.md").read_text()
     assert "| [4,16) | 0.0500 | 1.9500 | 2.7000 | -1.9000 | -2.5000 |" in text and "too slow" in text
     assert "of the flow vectors" in text
-    evaluate._report(str(tmp_path), {**r, "kind": "tracks"})
+    report.write_markdown(str(tmp_path), {**r, "kind": "tracks"})
     assert "of the distance from the query point" in (tmp_path / "report.md").read_text()
 
 
@@ -124,7 +126,7 @@ def test_a_study_cell_is_read_back_only_for_the_same_config_and_model(tmp_path):
 def test_a_preempted_study_cell_is_not_read_back_as_finished(monkeypatch, tmp_path):
     """A SIGTERM in a cell's oracle stage leaves no metrics.json: the cell returns None (the study
     stops, to resume), and the rerun runs it, rather than reading a report without the oracle."""
-    from refine_jax import cli, fs, main
+    from refine_jax import cli, fs, pipeline
     config = cli.load_config("configs/raft.py")
     ran = []
     preempt = {"oracle": True}
@@ -137,7 +139,7 @@ def test_a_preempted_study_cell_is_not_read_back_as_finished(monkeypatch, tmp_pa
                 fs.write_json_atomic(f"{workdir}/eval/metrics.json", {"primary": "epe"})
             return {"step": 1, "preempted": preempt.get(name, False)}
         return run
-    monkeypatch.setattr(main, "stages", lambda: {n: stage(n) for n in ("generate", "label", "train", "oracle", "eval")})
+    monkeypatch.setattr(pipeline, "stages", lambda: {n: stage(n) for n in ("generate", "label", "train", "oracle", "eval")})
     wd = str(tmp_path / "fog_1" / "seed0")
     assert study.run_cell(config, wd, "fog", 1.0, 0) is None
     assert ran == ["generate", "label", "train", "oracle"]
@@ -147,7 +149,8 @@ def test_a_preempted_study_cell_is_not_read_back_as_finished(monkeypatch, tmp_pa
 
 
 def test_a_study_cell_that_pretrains_keys_on_its_config_before_and_after_the_model_exists(tmp_path):
-    from refine_jax import cli, demo, fs
+    from refine_jax import cli, fs
+    from refine_jax.demo import stages as demo
     config = cli.load_config("configs/raft.py")
     config.stages = ("generate", "pretrain", "label", "train", "eval")
     wd = str(tmp_path / "cell")
@@ -166,10 +169,18 @@ def test_flow_metrics_skip_pixels_without_ground_truth():
     pred[1] = 100.0                       # garbage where the GT is unknown
     known = np.zeros((2, 4), bool)
     known[0] = True
-    rows = [evaluate._flow_row(pred, gt, known)]
-    m = evaluate._flow_metrics(rows, "")
+    rows = [flow_eval.flow_row(pred, gt, known)]
+    m = flow_eval.flow_metrics(rows, "")
     assert np.isclose(m["epe"], 1.0) and m["1px"] == 0 and m["3px"] == 1 and np.isclose(m["epe@[1,4)"], 1.0)
     assert np.isnan(m["epe@[0,1)"])
-    assert evaluate._label_free_metrics([evaluate._label_free_row(np.ones((2, 4), bool), np.zeros((2, 4)))]) == \
+    assert flow_eval.label_free_metrics([flow_eval.label_free_row(np.ones((2, 4), bool), np.zeros((2, 4)))]) == \
         {"cycle_pass": 1.0, "photometric_error": 0.0}
-    assert np.isclose(evaluate._flow_metrics(rows, "zero:")["epe"], 2.0)
+    assert np.isclose(flow_eval.flow_metrics(rows, "zero:")["epe"], 2.0)
+
+
+def test_metric_kind_tells_thresholded_fractions_from_means():
+    for name in ("1px", "3px", "5px", "fl", "cycle_pass", "delta_avg", "delta_4", "average_jaccard",
+                 "occlusion_accuracy", "survival"):
+        assert report.metric_kind(name) == "fraction", name
+    for name in ("epe", "epe@[4,16)", "ate", "ate@[0,1)", "mte", "photometric_error"):
+        assert report.metric_kind(name) == "mean", name

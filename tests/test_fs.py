@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from refine_jax import fs
-from refine_jax.data import pipeline, shards, synthetic
+from refine_jax.data import pipeline, shards
+from refine_jax.demo import synthetic
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_checkpoint_fingerprint_and_pth_on_a_url(url, tmp_path):
     """The label manifest's model hash is the same for a checkpoint folder on a URL, and an
     official .pth is read from a URL (still with weights_only=True)."""
     import torch
-    from refine_jax import checkpoints, convert, models
+    from refine_jax import checkpoints, models, pth
     local = str(tmp_path / "model")
     checkpoints.init_model(local, models.model_config("raft_small"), seed=0)
     _copy_tree(local, f"{url}/model")
@@ -76,7 +77,7 @@ def test_checkpoint_fingerprint_and_pth_on_a_url(url, tmp_path):
         checkpoints.fingerprint(f"{url}/missing")
     torch.save({"model.w": torch.arange(6.0).reshape(2, 3)}, str(tmp_path / "m.pth"))
     _copy_tree(str(tmp_path), f"{url}/pth")
-    state = convert.load_torch_state_dict(f"{url}/pth/m.pth")
+    state = pth.load_torch_state_dict(f"{url}/pth/m.pth")
     np.testing.assert_array_equal(state["model.w"], np.arange(6.0).reshape(2, 3))
     assert checkpoints.fingerprint(f"{url}/pth/m.pth") == checkpoints.fingerprint(str(tmp_path / "m.pth"))
 

@@ -58,7 +58,8 @@ def test_labels_and_evaluation_pad_in_the_configured_mode(converted, frames3):
     """label.pad_mode / eval.pad_mode reach the model: 'kitti' (rows padded below only, as RAFT's
     KITTI evaluation) gives InputPadder('kitti')'s flow, which differs from the 'sintel' padding."""
     from refine_jax import parallel
-    from refine_jax.labels.generate import FlowLabeler, LabelConfig
+    from refine_jax.labels.flow import FlowLabeler
+    from refine_jax.settings import LabelConfig
     cfg, variables = converted("raft_small")
     frames = np.stack(frames3[:2])[:, :124, :132]  # 4 rows and 4 columns of padding to place
     lc = LabelConfig(iters=3, batch=1, pad_mode="kitti")

@@ -10,8 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from refine_jax.data import shards, synthetic
-from refine_jax.labels import generate
+from refine_jax.data import shards
+from refine_jax.demo import synthetic
+from refine_jax.labels import stats as label_stats, tracks as track_labels
+from refine_jax.stages import label as label_stage
 
 LOOSE = {"alpha": 0.5, "beta": 10.0, "color_thresh": 1.0, "iters": 3}  # random weights: keep most
 
@@ -40,7 +42,7 @@ def _outputs(workdir):
 def test_eight_devices_give_the_single_device_labels(recipe_pth, videos, tmp_path):
     out = {}
     for n in (1, 8):
-        generate.run(_cfg(recipe_pth("raft_small"), videos, num_devices=n, batch=8, **LOOSE),
+        label_stage.run(_cfg(recipe_pth("raft_small"), videos, num_devices=n, batch=8, **LOOSE),
                      str(tmp_path / f"w{n}"), progress=False)
         out[n] = _outputs(str(tmp_path / f"w{n}"))
     assert out[1][0] == out[8][0]  # label shards byte for byte (flows, masks, frames)
@@ -54,10 +56,10 @@ def test_resume_after_kill_equals_uninterrupted(recipe_pth, videos, tmp_path):
     """The stage killed with SIGKILL after its first shard, then re-run, writes exactly the labels
     of an uninterrupted run (both of those run in this process)."""
     label = {"num_devices": 1, **LOOSE}
-    generate.run(_cfg(recipe_pth("raft_small"), videos, **label), str(tmp_path / "ref"), progress=False)
+    label_stage.run(_cfg(recipe_pth("raft_small"), videos, **label), str(tmp_path / "ref"), progress=False)
     killed = tmp_path / "killed"
     # this process's 8 CPU devices: XLA:CPU rounds differently with 1 and 8 host devices
-    proc = subprocess.Popen([sys.executable, "-m", "refine_jax.labels.generate", f"--init={recipe_pth('raft_small')}",
+    proc = subprocess.Popen([sys.executable, "-m", "refine_jax.stages.label", f"--init={recipe_pth('raft_small')}",
                              f"--videos={videos}", f"--label={json.dumps(label)}", f"--workdir={killed}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "JAX_NUM_CPU_DEVICES": "8"})
@@ -73,13 +75,13 @@ def test_resume_after_kill_equals_uninterrupted(recipe_pth, videos, tmp_path):
     names = os.listdir(killed / "labels")
     assert "manifest.json" not in names
     assert sum(f.endswith(".stats.json") for f in names) < 3  # it really stopped mid-run
-    generate.run(_cfg(recipe_pth("raft_small"), videos, **label), str(killed), progress=False)
+    label_stage.run(_cfg(recipe_pth("raft_small"), videos, **label), str(killed), progress=False)
     assert not [f for f in os.listdir(killed / "labels") if f.endswith(".tmp")]
     assert _outputs(str(killed)) == _outputs(str(tmp_path / "ref"))
 
 
 def test_flow_statistics_against_ground_truth(recipe_pth, videos, tmp_path):
-    m = generate.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE), str(tmp_path), progress=False)
+    m = label_stage.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE), str(tmp_path), progress=False)
     s = m["stats"]
     assert s["gt"]["all_n"] > 0 and s["gt_error_all"] > 0
     assert sum(v["total"] for v in s["per_video"].values()) == s["total"]
@@ -99,11 +101,11 @@ def test_flow_statistics_against_ground_truth(recipe_pth, videos, tmp_path):
                                        rtol=1e-4, atol=1e-5)
     # a re-run keeps finished shards when only the split of the work differs, and refuses them when
     # they were labelled with other settings (the manifest would otherwise record the new ones)
-    assert generate.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE, batch=3), str(tmp_path),
+    assert label_stage.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE, batch=3), str(tmp_path),
                         progress=False)["stats"] == s
     with pytest.raises(ValueError, match=r"stats.json marks a shard labelled with other settings "
                                          r"\(label\.alpha: 0\.5 then, 0\.25 now\)"):
-        generate.run(_cfg(recipe_pth("raft_small"), videos, **{**LOOSE, "alpha": 0.25}), str(tmp_path),
+        label_stage.run(_cfg(recipe_pth("raft_small"), videos, **{**LOOSE, "alpha": 0.25}), str(tmp_path),
                      progress=False)
 
 
@@ -111,7 +113,7 @@ def test_track_labels(recipe_pth, tmp_path):
     d = tmp_path / "vid"
     synthetic.write_dataset(str(d), "source", videos=1, frames=8, size=(128, 128), tracks=12,
                             progress=False)
-    m = generate.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
+    m = label_stage.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
                           max_queries=64, tau=1e6, batch=1),
                      str(tmp_path / "w"), progress=False)
     s = m["stats"]
@@ -121,7 +123,7 @@ def test_track_labels(recipe_pth, tmp_path):
     assert lab.tracks.shape == (s["written"], 8, 2) and lab.frames.shape == (8, 128, 128, 3)
     assert m["frame_sizes"] == [[128, 128]]  # training batches clips of several sizes by it
     np.testing.assert_allclose(lab.query_points[:, 1:], lab.tracks[:, 0])
-    m2 = generate.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
+    m2 = label_stage.run(_cfg(recipe_pth("pips"), str(d), iters=2, stride=8, grid=3, densify_window=4,
                            max_queries=64, tau=1e-3, batch=1), str(tmp_path / "w2"), progress=False)
     assert m2["stats"]["kept"] == 0 and m2["records"] == 0  # nothing consistent within 1e-3 px
 
@@ -135,8 +137,8 @@ def test_track_label_statistics_measure_the_lag_of_a_slow_track():
     est = gt[:, :1] + (gt - gt[:, :1]) * 0.75
     clip = shards.Clip("v", np.zeros((8, 64, 96, 3), np.uint8), tracks=gt, visible=np.ones((2, 8), bool))
     stats = {}
-    generate.TrackLabeler._gt_stats(stats, clip, 0, est, np.array([True, False]), 2)
-    s = generate._summary({**stats, "total": 2, "kept": 1})
+    track_labels.TrackLabeler.gt_stats(stats, clip, 0, est, np.array([True, False]), 2)
+    s = label_stats.summary({**stats, "total": 2, "kept": 1})
     b = s["gt_per_speed_bin"]["[1,4)"]
     assert b["n"] == 14 and b["yield"] == 0.5
     assert b["error_all"] == pytest.approx(0.5 * t[1:].mean()) == b["error_kept"]
@@ -150,8 +152,8 @@ def test_labels_written_to_a_url_equal_local_ones(recipe_pth, videos, tmp_path):
     from refine_jax import fs
     url = f"ram://labels-{uuid.uuid4().hex[:8]}"
     cfg = _cfg(recipe_pth("raft_small"), videos, num_devices=8, batch=8, **LOOSE)
-    generate.run(cfg, str(tmp_path / "local"), progress=False)
-    m = generate.run(cfg, url, progress=False)
+    label_stage.run(cfg, str(tmp_path / "local"), progress=False)
+    m = label_stage.run(cfg, url, progress=False)
     local, local_manifest = _outputs(str(tmp_path / "local"))
     for name, data in local.items():
         with fs.open_file(f"{url}/labels/{name}", "rb") as f:
@@ -160,10 +162,10 @@ def test_labels_written_to_a_url_equal_local_ones(recipe_pth, videos, tmp_path):
 
 
 def test_auto_query_chunk_bounds_the_correlation_volumes():
-    assert generate.auto_query_chunk(256, 8, (64, 64)) == 256               # 33 MB: all at once
-    assert generate.auto_query_chunk(9216, 8, (192, 320)) == 512            # CroHD: 18 GB at once
-    assert generate.auto_query_chunk(9216, 8, (192, 320)) * 8 * 192 * 320 * 4 <= generate.CORR_BUDGET_BYTES
-    assert generate.auto_query_chunk(10 ** 6, 8, (1080, 1920)) == 128      # never below 128
+    assert track_labels.auto_query_chunk(256, 8, (64, 64)) == 256               # 33 MB: all at once
+    assert track_labels.auto_query_chunk(9216, 8, (192, 320)) == 512            # CroHD: 18 GB at once
+    assert track_labels.auto_query_chunk(9216, 8, (192, 320)) * 8 * 192 * 320 * 4 <= track_labels.CORR_BUDGET_BYTES
+    assert track_labels.auto_query_chunk(10 ** 6, 8, (1080, 1920)) == 128      # never below 128
 
 
 def test_queries_tracked_in_chunks_equal_all_at_once(converted):
@@ -180,7 +182,7 @@ def test_queries_tracked_in_chunks_equal_all_at_once(converted):
     b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     v, f, tau = parallel.put(variables, r), parallel.put(frames, b), parallel.put(np.float32(2.0), r)
     run = lambda iters, chunk, q: [np.asarray(x, np.float32) for x in  # noqa: E731
-                                   generate._track_label_fn(cfg, iters, mesh, chunk)(v, f, parallel.put(q, b), tau)]
+                                   track_labels.label_fn(cfg, iters, mesh, chunk)(v, f, parallel.put(q, b), tau)]
     whole, chunked = run(1, 0, xys), run(1, 4, xys)
     for a, c in zip(whole, chunked):
         assert a.shape == c.shape

@@ -2,18 +2,18 @@
 import numpy as np
 import pytest
 
-from refine_jax import metrics
+from refine_jax.evaluation import flow as flow_eval, metrics
 
 
 def test_flow_metrics():
-    gt = np.zeros((1, 2, 2, 2))
+    gt = np.zeros((2, 2, 2))
     pred = gt.copy()
-    pred[0, 0, 0] = [3, 4]   # 5
-    pred[0, 0, 1] = [0, 2]   # 2
-    pred[0, 1, 0] = [0.5, 0]  # 0.5
-    m = metrics.flow_metrics(pred, gt)
+    pred[0, 0] = [3, 4]   # 5
+    pred[0, 1] = [0, 2]   # 2
+    pred[1, 0] = [0.5, 0]  # 0.5
+    m = flow_eval.flow_metrics([flow_eval.flow_row(pred, gt)], "")
     assert m["epe"] == pytest.approx(7.5 / 4) and m["1px"] == 0.5 and m["3px"] == 0.75 and m["5px"] == 0.75
-    m2 = metrics.flow_metrics(pred, gt, mask=np.array([[[True, True], [False, False]]]))
+    m2 = flow_eval.flow_metrics([flow_eval.flow_row(pred, gt, np.array([[True, True], [False, False]]))], "")
     assert m2["epe"] == pytest.approx(3.5)
 
 

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import chex
 import numpy as np
 import pytest
 
@@ -46,11 +47,6 @@ def _run(converted, arch, g, prefix, iters=12, all_flow_up=True, warm=False):
 LOW_TOL = 1e-3 / 8  # low-res flow is in 1/8-res pixels: 1e-3 full-resolution pixels
 
 
-def _maxdiff(a, b):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max())
-
-
 @pytest.fixture(scope="module")
 def large_pair1(converted):
     g = golden.golden("raft_large_seed0")
@@ -59,23 +55,23 @@ def large_pair1(converted):
 
 def test_large_encoders(large_pair1):
     g, out = large_pair1
-    assert _maxdiff(out["fmap1"], g["pair1_fmap1"]) < 1e-4
-    assert _maxdiff(out["cnet"], g["pair1_cnet"]) < 1e-4
+    chex.assert_trees_all_close(out["fmap1"], g["pair1_fmap1"], atol=1e-4, rtol=0)
+    chex.assert_trees_all_close(out["cnet"], g["pair1_cnet"], atol=1e-4, rtol=0)
 
 
 def test_large_first_lookup(large_pair1):
     g, out = large_pair1
     ref = g["pair1_corr_iter1"]
-    assert _maxdiff(out["corr_iter1"], ref) < 1e-4 * np.abs(ref).max()
+    chex.assert_trees_all_close(out["corr_iter1"], ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
 
 
 def test_large_every_iteration(large_pair1):
     g, out = large_pair1
     for k in range(12):
-        assert _maxdiff(out["flow_low_iters"][k], g["pair1_flow_low_iters"][k]) < LOW_TOL, k
-    assert _maxdiff(out["flow_up_iters"][0], g["pair1_flow_up_iter1"]) < 1e-3
-    assert _maxdiff(out["flow_up_iters"][5], g["pair1_flow_up_iter6"]) < 1e-3
-    assert _maxdiff(out["flow_up"], g["pair1_flow_up"]) < 1e-3
+        chex.assert_trees_all_close(out["flow_low_iters"][k], g["pair1_flow_low_iters"][k], atol=LOW_TOL, rtol=0, custom_message=str(k))
+    chex.assert_trees_all_close(out["flow_up_iters"][0], g["pair1_flow_up_iter1"], atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(out["flow_up_iters"][5], g["pair1_flow_up_iter6"], atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(out["flow_up"], g["pair1_flow_up"], atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("pair", ["pair2", "pair3"])
@@ -85,30 +81,30 @@ def test_large_padded_pairs(converted, pair):
     assert tuple(g[f"{pair}_pad_lrtb"]) == raft_lib.pad_amounts(*g[f"{pair}_image1"].shape[:2])
     out = _run(converted, "raft", g, f"{pair}_", all_flow_up=False)
     for k in range(12):
-        assert _maxdiff(out["flow_low_iters"][k], g[f"{pair}_flow_low_iters"][k]) < LOW_TOL, k
-    assert _maxdiff(out["flow_up"], g[f"{pair}_flow_up"]) < 1e-3
+        chex.assert_trees_all_close(out["flow_low_iters"][k], g[f"{pair}_flow_low_iters"][k], atol=LOW_TOL, rtol=0, custom_message=str(k))
+    chex.assert_trees_all_close(out["flow_up"], g[f"{pair}_flow_up"], atol=1e-3, rtol=0)
 
 
 def test_large_warm_start(converted):
     g = golden.golden("raft_large_warm_seed0")
     out = _run(converted, "raft", g, "", iters=4, warm=True)
     for k in range(4):
-        assert _maxdiff(out["flow_low_iters"][k], g["flow_low_iters"][k]) < LOW_TOL, k
-    assert _maxdiff(out["flow_up_iters"][0], g["flow_up_iter1"]) < 1e-3
-    assert _maxdiff(out["flow_up"], g["flow_up"]) < 1e-3
+        chex.assert_trees_all_close(out["flow_low_iters"][k], g["flow_low_iters"][k], atol=LOW_TOL, rtol=0, custom_message=str(k))
+    chex.assert_trees_all_close(out["flow_up_iters"][0], g["flow_up_iter1"], atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(out["flow_up"], g["flow_up"], atol=1e-3, rtol=0)
 
 
 def test_small_everything(converted):
     g = golden.golden("raft_small_seed1")
     out = _run(converted, "raft_small", g, "")
-    assert _maxdiff(out["fmap1"], g["fmap1"]) < 1e-4
-    assert _maxdiff(out["cnet"], g["cnet"]) < 1e-4
-    assert _maxdiff(out["corr_iter1"], g["corr_iter1"]) < 1e-4 * np.abs(g["corr_iter1"]).max()
+    chex.assert_trees_all_close(out["fmap1"], g["fmap1"], atol=1e-4, rtol=0)
+    chex.assert_trees_all_close(out["cnet"], g["cnet"], atol=1e-4, rtol=0)
+    chex.assert_trees_all_close(out["corr_iter1"], g["corr_iter1"], atol=1e-4 * np.abs(g["corr_iter1"]).max(), rtol=0)
     for k in range(12):
-        assert _maxdiff(out["flow_low_iters"][k], g["flow_low_iters"][k]) < LOW_TOL, k
-    assert _maxdiff(out["flow_up_iters"][0], g["flow_up_iter1"]) < 1e-3
-    assert _maxdiff(out["flow_up_iters"][5], g["flow_up_iter6"]) < 1e-3
-    assert _maxdiff(out["flow_up"], g["flow_up"]) < 1e-3
+        chex.assert_trees_all_close(out["flow_low_iters"][k], g["flow_low_iters"][k], atol=LOW_TOL, rtol=0, custom_message=str(k))
+    chex.assert_trees_all_close(out["flow_up_iters"][0], g["flow_up_iter1"], atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(out["flow_up_iters"][5], g["flow_up_iter6"], atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(out["flow_up"], g["flow_up"], atol=1e-3, rtol=0)
 
 
 def test_make_flow_fn_matches_golden(converted):
@@ -117,5 +113,5 @@ def test_make_flow_fn_matches_golden(converted):
     g = golden.golden("raft_large_seed0")
     flow_fn = raft_lib.make_flow_fn(cfg, iters=12)
     flow_up, flow_low = flow_fn(variables, g["pair2_image1"][None], g["pair2_image2"][None])
-    assert _maxdiff(flow_up, g["pair2_flow_up"]) < 1e-3
-    assert _maxdiff(flow_low, g["pair2_flow_low"]) < LOW_TOL
+    chex.assert_trees_all_close(flow_up, g["pair2_flow_up"], atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(flow_low, g["pair2_flow_low"], atol=LOW_TOL, rtol=0)

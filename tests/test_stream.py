@@ -1,13 +1,15 @@
-"""Pre-training on clips rendered on the fly (train/stream.py): its samples are the shard
+"""Pre-training on clips rendered on the fly (demo/stream.py): its samples are the shard
 pipeline's, and a tiny run exports a model with its provenance and can continue from it."""
 import json
 
 import numpy as np
 import pytest
 
-from refine_jax import checkpoints, demo
-from refine_jax.data import pipeline, synthetic
-from refine_jax.train import stream
+from refine_jax import checkpoints
+from refine_jax.demo import stages as demo
+from refine_jax.data import pipeline
+from refine_jax.demo import synthetic
+from refine_jax.demo import stream
 from test_recipes import load_config
 
 

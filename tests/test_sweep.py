@@ -1,10 +1,11 @@
-"""refine_jax.sweep: variants parsed and applied, batches over epochs, the demo's checks, a tiny sweep."""
+"""refine_jax.tools.sweep: variants parsed and applied, batches over epochs, the demo's checks, a tiny sweep."""
 import json
 
 import numpy as np
 import pytest
 
-from refine_jax import cli, sweep
+from refine_jax import cli
+from refine_jax.tools import sweep
 
 
 def test_variants_parse_and_apply():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import fabricate
-from refine_jax import checkpoints, main as main_lib
-from refine_jax.data import benchmarks, pipeline, shards, sources, synthetic, tfds_datasets
+from refine_jax import checkpoints
+from refine_jax import pipeline as stage_pipeline
+from refine_jax.data import benchmarks, pipeline, shards, sources, tfds_datasets
+from refine_jax.demo import synthetic
 from refine_jax.models.raft import RAFTConfig
 from test_recipes import load_config
 
@@ -97,7 +99,7 @@ def test_sintel_through_label_train_eval_equals_the_shard_route(tmp_path):
         c.augment.crop = (128, 128)
         c.train.update({"steps": 2, "batch_size": 2, "iters": 1, "save_every": 2, "num_devices": 2})
         c.eval.update({"iters": 1, "curve": False})
-        main_lib.run(c, str(tmp_path / route))
+        stage_pipeline.run(c, str(tmp_path / route))
         labels = json.loads((tmp_path / route / "labels" / "manifest.json").read_text())
         results[route] = (labels["stats"], json.loads((tmp_path / route / "eval" / "metrics.json").read_text()))
     (ls_t, m_t), (ls_s, m_s) = results["tfds"], results["shards"]

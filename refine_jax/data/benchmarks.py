@@ -1,4 +1,4 @@
-"""Standard benchmarks -> video shards with ground truth (formats: spec/method.md section 11).
+"""Standard benchmarks -> video shards with ground truth (formats: docs/method.md, "Benchmark formats").
 
 - MPI-Sintel: `training/{clean,final}/SCENE/frame_%04d.png`, `training/flow/SCENE/frame_%04d.flo`
   (flow from frame i to i+1), optional `training/occlusions/SCENE/frame_%04d.png` (255 = occluded).

@@ -30,6 +30,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from refine_jax import fs
 from refine_jax.data import shards
 
 
@@ -62,7 +63,7 @@ def host_files(files: Sequence[str], process_index: int, process_count: int) -> 
 
 def _windows(cfg: PipelineConfig):
     """A tf function: one parsed record -> a dataset of its windows, still encoded (`_select`)."""
-    tf = shards._tf()
+    tf = fs.tf()
     span = (cfg.clip_len - 1) * cfg.frame_stride + 1
     hop = cfg.hop or cfg.clip_len * cfg.frame_stride
 
@@ -79,7 +80,7 @@ NO_FLOW = "a record without flow in data read for flow"  # the marker of that er
 def _select(rec, start, cfg: PipelineConfig):
     """The encoded pieces of one window, all of fixed shape so windows can be batched before
     decoding: frame bytes (clip_len,), flow bytes (clip_len - 1,), tracks as stored."""
-    tf = shards._tf()
+    tf = fs.tf()
     idx = start + tf.range(cfg.clip_len) * cfg.frame_stride
     out = {"video_id": rec["video_id"], "idx": idx,
            "clip_start": rec["clip_start"] + tf.cast(start, tf.int64) * rec["frame_stride"],
@@ -117,7 +118,7 @@ def common_size(shard_dirs: Sequence[str]) -> Optional[Tuple[int, int]]:
 def _decode(win, cfg: PipelineConfig, crop: Optional[Tuple[int, int]] = None):
     """One window from `_select` -> the decoded, resized sample of the batch dict; `crop` (H, W)
     first cuts the centre of frames of another size (records of several sizes batch together)."""
-    tf = shards._tf()
+    tf = fs.tf()
     h, w = win["height"], win["width"]
     frames = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
                        win["frames"], fn_output_signature=tf.uint8)
@@ -217,7 +218,7 @@ class ClipIterator:
         """The encoded windows of one epoch (epoch: an int64 scalar tensor), in that epoch's order,
         each tagged with its epoch and its index in that order."""
         from refine_jax.data import sources
-        tf = shards._tf()
+        tf = fs.tf()
         cfg = self.cfg
         parts = []
         if self.files:
@@ -247,7 +248,7 @@ class ClipIterator:
         return shards.ShardError(f"a shard of this host ({files}) is corrupt: {e.message.splitlines()[0]}")
 
     def _check_not_empty(self):
-        tf = shards._tf()
+        tf = fs.tf()
         try:
             empty = not list(self._epoch(tf.constant(0, tf.int64)).take(1))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
@@ -265,7 +266,7 @@ class ClipIterator:
     def _dataset(self):
         """Every epoch from the saved position on, as global batches of `batch_size`, of which this
         host decodes its rows; each sample carries the position after its global batch."""
-        tf = shards._tf()
+        tf = fs.tf()
         cfg = self.cfg
         last = cfg.epochs if cfg.epochs is not None else np.iinfo(np.int64).max
         ds = self._epoch(tf.constant(self.epoch, tf.int64)).skip(self.sample)
@@ -291,7 +292,7 @@ class ClipIterator:
         return self
 
     def __next__(self) -> Dict[str, np.ndarray]:
-        tf = shards._tf()
+        tf = fs.tf()
         if self._it is None:
             if self.cfg.epochs is not None and self.epoch >= self.cfg.epochs:
                 raise StopIteration

@@ -35,15 +35,6 @@ MANIFEST = "manifest.json"
 SCHEMA = "refine_jax.video_clip.v1"
 
 
-def _tf():
-    import tensorflow as tf  # noqa: PLC0415  (imported lazily; never takes an accelerator)
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass
-    return tf
-
-
 class ShardError(ValueError):
     """A missing, corrupt or inconsistent shard; the message names the file."""
 
@@ -83,7 +74,7 @@ def encode_image(image: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
 
 def clip_to_example(clip: Clip, fmt: str = "png", flow_dtype: str = "float32") -> bytes:
     """Serialise a Clip as a SequenceExample."""
-    tf = _tf()
+    tf = fs.tf()
     t, h, w, _ = clip.frames.shape
     b = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
     i = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
@@ -117,7 +108,7 @@ def clip_to_example(clip: Clip, fmt: str = "png", flow_dtype: str = "float32") -
 
 def parse_example_tf(serialized):
     """TF-graph parse of one record: a dict of tensors (frames still encoded)."""
-    tf = _tf()
+    tf = fs.tf()
     ctx_spec = {
         "video_id": tf.io.FixedLenFeature([], tf.string),
         "clip_start": tf.io.FixedLenFeature([], tf.int64),
@@ -141,7 +132,7 @@ def parse_example_tf(serialized):
 
 def decode_record(parsed: Dict) -> Clip:
     """Eager/numpy decode of a parsed record (tests, tools; the pipeline decodes in TF)."""
-    tf = _tf()
+    tf = fs.tf()
     g = lambda k: parsed[k].numpy() if hasattr(parsed[k], "numpy") else parsed[k]
     frames = np.stack([tf.io.decode_image(x, channels=3).numpy() for x in g("frames")])
     t, h, w = frames.shape[:3]
@@ -190,7 +181,7 @@ class ShardWriter:
         self.manifest: Optional[dict] = None  # set by close()
 
     def _open(self):
-        tf = _tf()
+        tf = fs.tf()
         path = os.path.join(self.out_dir, f".{self.name}-{len(self._tmp):05d}.tfrecord.tmp")
         self._tmp.append(path)
         self._counts.append(0)
@@ -295,7 +286,7 @@ def verify_shards(shard_dir: str, checksum: bool = True) -> List[str]:
 
 def read_file(path: str) -> Iterator[Clip]:
     """Every clip of one shard file, decoded to numpy; a corrupt file is named in the error."""
-    tf = _tf()
+    tf = fs.tf()
     try:
         for rec in tf.data.TFRecordDataset(path):
             yield decode_record(parse_example_tf(rec))

@@ -17,6 +17,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
+from refine_jax import fs
 from refine_jax.data import shards
 from refine_jax.data.shards import Clip
 
@@ -136,7 +137,7 @@ def tfds_records(source: str, process_index: int = 0, process_count: int = 1):
     (shards.parse_example_tf): frames stay PNG/JPEG bytes and flow/tracks raw bytes until the
     pipeline decodes the windows it keeps."""
     import tensorflow_datasets as tfds
-    tf = shards._tf()
+    tf = fs.tf()
     spec = TfdsSpec.parse(source)
     ds = builder(spec).as_dataset(split=_host_split(spec, process_index, process_count), shuffle_files=False,
                                   decoders={k: tfds.decode.SkipDecoding() for k in _SKIP})

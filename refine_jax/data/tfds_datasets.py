@@ -143,7 +143,7 @@ class Horse10(_ClipBuilder):
 
 @dataclasses.dataclass
 class ProceduralConfig(tfds.core.BuilderConfig):
-    """A procedural domain (data/synthetic.py) at a size; `shifts` '' keeps the preset's."""
+    """A procedural domain (demo/synthetic.py) at a size; `shifts` '' keeps the preset's."""
     preset: str = "source"
     shifts: str = ""
     videos: int = 64
@@ -164,7 +164,7 @@ class ProceduralVideo(_ClipBuilder):
         return {"train": self._generate_examples(None)}
 
     def _generate_examples(self, root):
-        from refine_jax.data import shifts as shifts_lib, synthetic
+        from refine_jax.demo import shifts as shifts_lib, synthetic
         c = self.builder_config
         dom = synthetic.domain(c.preset, shifts_lib.parse(c.shifts) if c.shifts else None)
         for i in range(c.videos):

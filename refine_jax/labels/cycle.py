@@ -1,6 +1,6 @@
 """Cycle-consistency checks that decide which estimates become pseudo-labels (pure functions).
 
-Flow (spec/method.md section 3, decisions Q2/Q3): a pixel x of frame t keeps its forward flow f when
+Flow (docs/method.md, "Flow labels"): a pixel x of frame t keeps its forward flow f when
   |f(x) + b(x + f(x))| <= alpha * (|f(x)| + |b(x)|) + beta       (Euclidean norms, not squared;
                                                                   b sampled bilinearly with zero
                                                                   padding, |b| taken at x itself)
@@ -12,7 +12,7 @@ Two options adapt the colour test to real cameras (both off in the reference):
                under the sensor noise measured in the pair; `noise_color_threshold`)
   color_gain   I_{t+1} is first scaled per channel by the ratio of the two images' means over the
                pixels that pass the forward-backward test (auto-exposure and lighting drift)
-Tracks (section 6.1): a track is kept when the backward track (run from the forward end point on the
+Tracks (docs/method.md, "Track labels"): a track is kept when the backward track (run from the forward end point on the
 time-reversed clip, flipped back) stays within tau px of the forward one at every frame.
 
 Shapes: flows (B, H, W, 2) px; images (B, H, W, 3) in [0, 255]; tracks (B, S, N, 2) px.
@@ -129,7 +129,7 @@ def grid_points(h: int, w: int, n: int, margin: float = 8.0) -> np.ndarray:
 
 def densify(points: np.ndarray, window: int, h: int, w: int) -> np.ndarray:
     """Integer queries in a window x window square around each point (x in [floor(x0) - window/2,
-    floor(x0) + window/2 - 1], likewise y), deduplicated and clipped to the image (decision Q12)."""
+    floor(x0) + window/2 - 1], likewise y), deduplicated and clipped to the image (docs/method.md, "Track labels")."""
     half = window // 2
     offs = np.arange(-half, window - half)
     out = []

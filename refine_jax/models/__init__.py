@@ -5,7 +5,7 @@ from refine_jax.models.raft import RAFT, RAFTConfig
 
 ARCHS = ("raft", "raft_small", "pips")
 
-# Unique parameter counts of the official models (spec 1.7, 2.6); a converted checkpoint must match.
+# Unique parameter counts of the official models (docs/method.md, "Checkpoints"); a converted checkpoint must match.
 PARAM_COUNTS = {"raft": 5_257_536, "raft_small": 990_162, "pips": 28_677_713}
 
 
@@ -30,3 +30,15 @@ def build_model(cfg, **kwargs):
     if isinstance(cfg, PipsConfig):
         return Pips(cfg, **kwargs)
     raise TypeError(f"not a model config: {cfg!r}")
+
+
+def abstract_variables(cfg):
+    """Shapes and dtypes of the variables of the model of `cfg`, without computing anything."""
+    import jax
+    import jax.numpy as jnp
+    model = build_model(cfg)
+    if isinstance(cfg, RAFTConfig):
+        x = jnp.zeros((1, 128, 128, 3), jnp.float32)
+        return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, x, iters=1))
+    from refine_jax.models.pips import example_inputs
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *example_inputs(cfg), iters=1))

@@ -1,7 +1,7 @@
 """Correlation pyramids, window lookups and the three bilinear samplers (one place for all of them).
 
 Coordinates are (x, y) in pixels of the map being sampled, pixel centres at integers. Maps are
-channels-last. The three samplers follow the official PyTorch code exactly (spec trap T3):
+channels-last. The three samplers follow the official PyTorch code exactly (docs/method.md, "Numerics of the port"):
 
 * `sample_zeros`: `grid_sample(align_corners=True, padding_mode='zeros')`; every out-of-bounds tap
   contributes 0 and the weights are not renormalised (correlation lookup, flow warps).
@@ -97,17 +97,6 @@ def avg_pool2(x):
     x = x[..., :h, :w, :]
     x = x.reshape(*x.shape[:-3], h // 2, 2, w // 2, 2, x.shape[-1])
     return x.mean(axis=(-4, -2))
-
-
-def check_pyramid_size(h: int, w: int, levels: int, what: str) -> None:
-    """Raise if a pyramid level would be 1 px high or wide (the official code yields NaN there, T8)."""
-    hl, wl = h, w
-    for level in range(levels):
-        if hl < 2 or wl < 2:
-            raise ValueError(
-                f"{what}: a {h}x{w} feature map gives a {hl}x{wl} correlation level {level}; "
-                f"every level needs at least 2x2 (the official model returns NaN there).")
-        hl, wl = hl // 2, wl // 2
 
 
 def window_from_patch(patch, fx, fy, radius: int):

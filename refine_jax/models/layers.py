@@ -1,4 +1,4 @@
-"""Building blocks shared by RAFT and PIPs, matching PyTorch numerics (spec part 4).
+"""Building blocks shared by RAFT and PIPs, matching PyTorch numerics (docs/method.md, "Numerics of the port").
 
 All tensors are NHWC. Module names follow the PyTorch attribute names so that the checkpoint map is
 mechanical: `layer2.0.norm3` in PyTorch is `layer2_0/norm3` here.

@@ -39,10 +39,6 @@ class PipsConfig:
     def to_dict(self) -> dict:
         return {"arch": self.arch, **dataclasses.asdict(self)}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "PipsConfig":
-        return cls(**{k: v for k, v in d.items() if k != "arch"})
-
 
 def example_inputs(cfg: PipsConfig):
     """Smallest valid (xys, frames) for shape inference."""

@@ -1,4 +1,4 @@
-"""Chained PIPs over videos of any length (spec 2.7, method 8.2), batched over points.
+"""Chained PIPs over videos of any length (docs/method.md, "PIPs"), batched over points.
 
 The official loop tracks each point on its own: run an 8-frame window from the point's current
 frame (padding past the end by repeating the last frame), keep the frame-0 template feature of the

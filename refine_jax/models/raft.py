@@ -21,7 +21,7 @@ MIN_SIDE = 128  # padded image sides below this make a 1-px pyramid level: NaN i
 
 @dataclasses.dataclass(frozen=True)
 class RAFTConfig:
-    """Architecture of one RAFT variant. `small` selects RAFT-small (spec 1.7). The run-time
+    """Architecture of one RAFT variant. `small` selects RAFT-small (docs/method.md, "RAFT"). The run-time
     choices that do not change the weights: `precision` ('highest' | 'bf16', models/precision.py),
     `lookup` ('auto' | 'gather' | 'einsum') and `corr` ('auto' | 'volume' | 'alt') (models/lookup.py)."""
     small: bool = False
@@ -53,11 +53,6 @@ class RAFTConfig:
     def to_dict(self) -> dict:
         return {"arch": self.arch, "small": self.small, "corr_levels": self.corr_levels,
                 "precision": self.precision, "lookup": self.lookup, "corr": self.corr}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RAFTConfig":
-        return cls(small=bool(d["small"]), corr_levels=int(d.get("corr_levels", 4)),
-                   precision=d.get("precision", "highest"), lookup=d.get("lookup", "auto"), corr=d.get("corr", "auto"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,7 +99,7 @@ def check_image_size(h: int, w: int, what: str = "frames") -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Correlation pyramid (spec 1.3).
+# Correlation pyramid.
 
 def build_corr_pyramid(fmap1, fmap2, levels: int):
     """All-pairs correlation volume and its pooled pyramid.
@@ -146,7 +141,7 @@ def coords_grid(b: int, h: int, w: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# Upsampling (spec 1.5 and 1.7).
+# Upsampling.
 
 def convex_upsample(flow, mask):
     """Convex upsampling: flow (N, H, W, 2) 1/8-res, mask (N, H, W, 576) -> (N, 8H, 8W, 2) pixels.
@@ -169,7 +164,7 @@ def upflow8(flow):
 
 
 # ----------------------------------------------------------------------------------------------
-# Update blocks (spec 1.4 and 1.7).
+# Update blocks.
 
 class BasicMotionEncoder(nn.Module):
     @nn.compact

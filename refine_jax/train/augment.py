@@ -1,5 +1,5 @@
 """Augmentation applied consistently to frames and labels, inside the jitted train step (JAX),
-seeded per step (spec/method.md section 4).
+seeded per step (docs/method.md, "Training").
 
 Order: colour jitter (brightness, contrast, saturation, hue; the same draw for every frame of a
 sample, or, with probability `asym_prob`, an independent draw per frame), eraser (optional: boxes
@@ -13,31 +13,12 @@ PIPs tracks (B, N, T, 2) and visible (B, N, T).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Dict, Tuple
+from typing import Dict
 
 import jax
 import jax.numpy as jnp
 
-from refine_jax import settings
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    enabled: bool = True
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.5 / 3.14
-    asym_prob: float = 0.2
-    crop: Tuple[int, int] = ()     # (h, w); () = no crop
-    hflip: float = 0.5
-    vflip: float = 0.1
-    eraser: float = 0.0            # probability of erasing boxes in the later frames
-
-    @classmethod
-    def from_config(cls, c) -> "AugmentConfig":
-        return settings.from_section(cls, c, "augment")
+from refine_jax.settings import AugmentConfig
 
 
 def _grey(img):

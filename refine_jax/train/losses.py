@@ -1,4 +1,4 @@
-"""Supervised losses of RAFT and PIPs against (pseudo-)labels (spec/method.md sections 4 and 7).
+"""Supervised losses of RAFT and PIPs against (pseudo-)labels (docs/method.md, "Training").
 
 Shapes: RAFT predictions (I, B, H, W, 2) px, label (B, H, W, 2), valid (B, H, W). PIPs predictions
 (I, B, S, N, 2) px, label tracks (B, S, N, 2), valid (B, S, N).
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from refine_jax.models import build_model, lookup
 
 EPS = 1e-6  # the official reduce_masked_mean's epsilon
 
@@ -23,7 +25,7 @@ def raft_sequence_loss(preds, label, valid, gamma: float = 0.85, max_flow: float
 
     mask_mode 'per_sample' (RAFT's loss, the default): w = valid_b(x) & |label_b(x)| < max_flow.
     'batch_mean' reproduces the reference refinement code, whose broadcast weights every sample's
-    pixel by the batch mean of that mask at the same location (method.md Q1).
+    pixel by the batch mean of that mask at the same location (docs/method.md, "Training").
     """
     v = (valid > 0.5) & (jnp.linalg.norm(label, axis=-1) < max_flow)
     w = v.astype(jnp.float32)
@@ -71,3 +73,56 @@ def visibility_loss(vis_logits, visible, valid):
     """Balanced BCE of the visibility logits (B, S, N) (optional; the reference does not train it)."""
     v = valid > 0
     return balanced_logistic_loss(vis_logits, (visible > 0) & v, (visible <= 0) & v)
+
+
+# ------------------------------------------------------------------------- training objectives
+
+def unroll(tc) -> int:
+    """Unroll the iterations when training on CPU (conv weight gradients inside an XLA:CPU loop
+    are ~20x slower); keep the loop on accelerators, where compile time matters more. The target
+    is the platform being compiled for (lookup.compiling_for), not only this host's."""
+    return tc.iters if lookup.target_platform() == "cpu" else 1
+
+
+def flow_objective(model_cfg, tc, freeze_bn: bool):
+    """RAFT's training objective: `loss(params, batch_stats, batch) -> (value, (metrics, batch_stats))`
+    on a batch of pairs with flow labels: the sequence loss over every iteration's upsampled flow."""
+    model = build_model(model_cfg, use_running_average=freeze_bn, unroll=unroll(tc))
+
+    def loss(params, batch_stats, batch):
+        frames = batch["frames"].astype(jnp.float32)
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        mutable = False if (freeze_bn or not batch_stats) else ["batch_stats"]
+        out = model.apply(variables, frames[:, 0], frames[:, 1], iters=tc.iters, all_flow_up=True,
+                          mutable=mutable)
+        out, upd = out if mutable else (out, {})
+        value = raft_sequence_loss(out["flow_up_iters"], batch["flow"][:, 0], batch["flow_valid"][:, 0],
+                                          tc.gamma, tc.max_flow, tc.mask_mode)
+        epe = jnp.linalg.norm(out["flow_up"] - batch["flow"][:, 0], axis=-1)
+        v = batch["flow_valid"][:, 0]
+        metrics = {"loss": value, "epe": jnp.sum(epe * v) / jnp.maximum(jnp.sum(v), 1)}
+        return value, (metrics, upd.get("batch_stats", batch_stats))
+    return loss
+
+
+def track_objective(model_cfg, tc, freeze_bn: bool = False):
+    """PIPs' training objective, as `flow_objective`, on clips with track labels: the sequence
+    loss, plus the score-map and visibility losses when `train` asks for them."""
+    del freeze_bn  # PIPs has no batch norm
+    model = build_model(model_cfg, unroll=unroll(tc))
+
+    def loss(params, batch_stats, batch):
+        tracks = jnp.swapaxes(batch["tracks"], 1, 2)               # (B, S, N, 2)
+        visible = jnp.swapaxes(batch["visible"], 1, 2)
+        valid = jnp.broadcast_to(batch["track_valid"][:, None, :], visible.shape)
+        out = model.apply({"params": params}, tracks[:, 0], batch["frames"].astype(jnp.float32),
+                          iters=tc.iters, with_score_maps=tc.score_map_loss)
+        value = pips_sequence_loss(out["coords_iters"], tracks, valid, tc.gamma)
+        if tc.score_map_loss:
+            value = value + score_map_loss(out["score_maps"], tracks, visible, valid, model_cfg.stride)
+        if tc.vis_loss:
+            value = value + visibility_loss(out["vis_logits"], visible, valid)
+        err = jnp.linalg.norm(out["coords"] - tracks, axis=-1)
+        metrics = {"loss": value, "track_error": masked_mean(err, valid)}
+        return value, (metrics, batch_stats)
+    return loss

@@ -9,14 +9,10 @@ refined model. Writes WORKDIR/oracle/{checkpoints,model}.
 from __future__ import annotations
 
 import copy
-import os
 
+from refine_jax import paths
 from refine_jax.data import sources
-from refine_jax.train import trainer
-
-
-def oracle_dir(workdir: str) -> str:
-    return os.path.join(workdir, "oracle")
+from refine_jax.stages import train as train_stage
 
 
 def data_of(config) -> str:
@@ -40,4 +36,4 @@ def run(config, workdir: str) -> dict:
     c = copy.deepcopy(config)
     c.train.data = data_of(config)
     c.train.keep_checkpoints = 1
-    return trainer.run(c, oracle_dir(workdir), init=config.init)
+    return train_stage.run(c, paths.oracle(workdir), init=config.init)

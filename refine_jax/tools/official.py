@@ -51,9 +51,9 @@ def _state_dict(variables, cfg):
     """Our variables as the bare module's state_dict (the checkpoint layout's 'module.' prefix of
     DataParallel removed)."""
     import torch
-    from refine_jax import convert
+    from refine_jax import pth
     return {k.removeprefix("module."): torch.from_numpy(np.array(v))
-            for k, v in convert.variables_to_state_dict(variables, cfg).items()}
+            for k, v in pth.variables_to_state_dict(variables, cfg).items()}
 
 
 def raft(path: str, cfg, variables, iters: int):

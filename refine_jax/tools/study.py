@@ -1,6 +1,6 @@
 """Shift study: does refinement help for each kind of appearance shift, and how much could it?
 
-  python -m refine_jax.study --config=configs/raft.py --workdir=runs/study_raft \
+  python -m refine_jax.tools.study --config=configs/raft.py --workdir=runs/study_raft \
       [--shifts=default,motion_blur,fog,noise,brightness,defocus,jpeg,textures] \
       [--severities=1,2] [--seeds=0,1,2] [--config.FIELD=VALUE ...]
 
@@ -23,8 +23,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from refine_jax import fs, settings
-from refine_jax.data import shifts as shifts_lib
-from refine_jax.data import synthetic
+from refine_jax.demo import shifts as shifts_lib
+from refine_jax.demo import synthetic
 
 def define_flags() -> None:
     """The command line; defined only when this module is the program, so that importing it beside
@@ -60,10 +60,10 @@ def cell_key(config, workdir: str) -> dict:
     """What a cell's results depend on: its config (with the model path it resolves to in
     `workdir`) and the sha256 of that model's weights."""
     from refine_jax import checkpoints
-    from refine_jax import main as main_lib
-    c = main_lib.resolve(copy.deepcopy(config), workdir)
+    from refine_jax import pipeline
+    c = pipeline.resolve(copy.deepcopy(config), workdir)
     recorded = settings.as_dict(c)
-    if "pretrain" in main_lib.stage_names(c):  # the cell makes its model from its own config: that is the key
+    if "pretrain" in pipeline.stage_names(c):  # the cell makes its model from its own config: that is the key
         return {"config": recorded, "model_sha256": "pretrained by the cell"}
     init = c.init.rstrip("/")
     weights = os.path.join(init, checkpoints.VARIABLES) if fs.isdir(init) else init
@@ -72,10 +72,10 @@ def cell_key(config, workdir: str) -> dict:
 
 def _key_defaults() -> dict:
     """The settings' defaults, for a cell key saved before a setting existed."""
-    from refine_jax.evaluate import EvalConfig
-    from refine_jax.labels.generate import LabelConfig
-    from refine_jax.train.augment import AugmentConfig
-    from refine_jax.train.trainer import TrainConfig
+    from refine_jax.settings import EvalConfig
+    from refine_jax.settings import LabelConfig
+    from refine_jax.settings import AugmentConfig
+    from refine_jax.settings import TrainConfig
     return {"config": settings.dataclass_defaults(train=TrainConfig, augment=AugmentConfig, label=LabelConfig,
                                                   eval=EvalConfig)}
 
@@ -84,7 +84,7 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Op
     """One cell's eval metrics: read back when the cell finished with the same config and model,
     else run; None when a SIGTERM stopped it (saved, to resume). A cell folder left by another
     config or model is an error, not a silent reuse."""
-    from refine_jax import main as main_lib
+    from refine_jax import pipeline
     c = cell_config(config, shift, severity, seed)
     path, key_path = os.path.join(workdir, "eval", "metrics.json"), os.path.join(workdir, CELL_JSON)
     key = cell_key(c, workdir)
@@ -98,7 +98,7 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Op
     else:
         fs.makedirs(workdir)
         fs.write_json_atomic(key_path, key)
-    if not fs.exists(path) and main_lib.run(c, workdir).get("preempted"):
+    if not fs.exists(path) and pipeline.run(c, workdir).get("preempted"):
         return None
     return fs.read_json(path)
 

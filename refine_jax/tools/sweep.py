@@ -1,7 +1,7 @@
 """Refinement settings over many target and training seeds, in memory: which setting helps on most
 targets, not on one.
 
-  python -m refine_jax.sweep --config=configs/raft.py --out=runs/sweep.jsonl \
+  python -m refine_jax.tools.sweep --config=configs/raft.py --out=runs/sweep.jsonl \
       --target_seeds=0,1,2,3,4,5 --train_seeds=0,1 --wise=0.5 \
       --variant=default: --variant='lr5e-5:train.lr=5e-5' --variant='fnet:train.frozen=("fnet",)'
 
@@ -69,7 +69,7 @@ def variant_config(config, overrides: dict):
 
 
 def _render(args):
-    from refine_jax.data import synthetic
+    from refine_jax.demo import synthetic
     dom, seed, i, frames, size = args
     return synthetic.render_video(dom, synthetic.video_seed(seed, i), frames, size[0], size[1], 0,
                                   video_id=f"target-{seed}-{i:05d}")
@@ -77,7 +77,7 @@ def _render(args):
 
 def render_targets(config, seeds: Sequence[int], workers: int = 1) -> Dict[int, list]:
     """{seed: [Clip]}: the demo's target videos of each seed (demo.target_shifts, size, frames)."""
-    from refine_jax import demo
+    from refine_jax.demo import stages as demo
     d = config.demo
     dom = demo.target_domain(d)
     jobs = [(dom, s, i, d.frames, tuple(d.size)) for s in seeds for i in range(d.target_videos)]
@@ -148,25 +148,28 @@ def run(config, variants: Dict[str, dict], target_seeds: Sequence[int], train_se
         out: str, wise: Sequence[float] = (), workers: int = 1, log=print) -> List[dict]:
     """Run the sweep (see the module docstring); append its rows to `out` and return them."""
     import jax
-    from refine_jax import checkpoints, demo, evaluate, parallel
-    from refine_jax.labels.generate import FlowLabeler, LabelConfig
-    from refine_jax.models.raft import RAFTConfig
-    from refine_jax.train import augment, trainer
+    from refine_jax import checkpoints, parallel
+    from refine_jax.demo import stages as demo
+    from refine_jax.stages import evaluate
+    from refine_jax.labels.flow import FlowLabeler
+    from refine_jax.settings import LabelConfig
+    from refine_jax import settings, tasks
+    from refine_jax.train import trainer
     t0 = time.time()
     loaded = checkpoints.load_model(config.init or demo.standin_dir(config.demo.arch), config.get("runtime"))
-    if not isinstance(loaded.cfg, RAFTConfig):
-        raise ValueError("refine_jax.sweep runs RAFT configs (configs/raft.py); PIPs is not supported yet")
+    if tasks.of(loaded.cfg) is not tasks.FLOW:
+        raise ValueError("refine_jax.tools.sweep runs RAFT configs (configs/raft.py); PIPs is not supported yet")
     mesh = parallel.make_mesh(1)
     clips = render_targets(config, target_seeds, workers)
     log(f"sweep: rendered {sum(map(len, clips.values()))} target videos in {time.time() - t0:.1f} s")
     labeler = FlowLabeler(loaded.cfg, loaded.variables, LabelConfig.from_config(config.label), mesh)
     samples = {s: label_samples(labeler, clips[s]) for s in target_seeds}
-    ec = dataclasses.replace(evaluate.EvalConfig.from_config(config.eval), label_free=False)
+    ec = dataclasses.replace(settings.EvalConfig.from_config(config.eval), label_free=False)
     frozen = {"params": loaded.variables["params"], "batch_stats": loaded.variables.get("batch_stats", {})}
 
     def measure(variables, seed) -> dict:
         v = {"params": variables["params"], **({"batch_stats": variables["batch_stats"]} if variables["batch_stats"] else {})}
-        e = evaluate.eval_flow(dataclasses.replace(loaded, variables=v), clips[seed], ec, config)
+        e = evaluate.measure(dataclasses.replace(loaded, variables=v), clips[seed], ec, config)
         return {**{k: float(x) for k, x in e["model"].items()},
                 **{f"share@{k}": float(x) for k, x in e["bins"].items()},
                 **{f"zero:{k}": float(x) for k, x in e["baseline"].items()}}
@@ -187,8 +190,8 @@ def run(config, variants: Dict[str, dict], target_seeds: Sequence[int], train_se
     interp = jax.jit(lambda a, b, t: jax.tree_util.tree_map(lambda x, y: x + t * (y - x), a, b))
     for name, overrides in variants.items():
         c = variant_config(config, overrides)
-        tc = trainer.TrainConfig.from_config(c.train)
-        ac = augment.AugmentConfig.from_config(c.augment)
+        tc = settings.TrainConfig.from_config(c.train)
+        ac = settings.AugmentConfig.from_config(c.augment)
         tx = trainer.make_optimizer(tc)
         step_fn = trainer.make_train_step(loaded.cfg, tc, tx, mesh, tc.freeze_bn, ac)
         for k in train_seeds:

@@ -13,7 +13,7 @@ bit-reproducible. The model is exported to WORKDIR/model at the end (or at the d
 as such in model.json). There are no checkpoints to resume from; `--init=MODEL --first_clip=N`
 continues a finished run with a new schedule on clips it has not seen.
 
-  python -m refine_jax.train.stream --config=configs/raft.py:pretrain --workdir=runs/raft_stream \
+  python -m refine_jax.demo.stream --config=configs/raft.py:pretrain --workdir=runs/raft_stream \
       --steps=6000 --workers=7 --config.demo.pretrain.batch_size=16
   --steps=0 with --seconds=S: compile and time the step first, then run as many steps as end
   within S seconds (the step compiles twice: the schedule's length is part of it).
@@ -72,7 +72,7 @@ def _init_worker(spec: dict) -> None:
 
 
 def _render(i: int):
-    from refine_jax.data import synthetic
+    from refine_jax.demo import synthetic
     w = _WORKER
     clip = synthetic.render_video(w["domain"], synthetic.video_seed(w["seed"], i), w["frames"], w["size"][0],
                                   w["size"][1], w["tracks"])
@@ -159,10 +159,10 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     + 1, ... of synthetic.video_seed), and export it to WORKDIR/model. steps > 0: that many; else as
     many as fit in `seconds` after a timing pass. Training also stops at `seconds` (when > 0). Returns
     {'step', 'steps_planned', 'clips_rendered', 'seconds', 'model'}."""
-    from refine_jax import checkpoints, demo, models, parallel, settings
-    from refine_jax.data import synthetic
-    from refine_jax.models.raft import RAFTConfig
-    from refine_jax.train import augment, trainer
+    from refine_jax import checkpoints, models, parallel, settings, tasks
+    from refine_jax.demo import stages as demo
+    from refine_jax.demo import synthetic
+    from refine_jax.train import trainer
     t0 = time.time()
     deadline = t0 + seconds if seconds > 0 else float("inf")
     if steps <= 0 and seconds <= 0:
@@ -171,10 +171,10 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
         raise ValueError(f"first_clip={first_clip}: expected 0 <= first_clip < {MAX_CLIPS}")
     d = config.demo
     c = demo.pretrain_config(config)
-    tc = trainer.TrainConfig.from_config(c.train)
-    ac = augment.AugmentConfig.from_config(c.augment)
+    tc = settings.TrainConfig.from_config(c.train)
+    ac = settings.AugmentConfig.from_config(c.augment)
     cfg = checkpoints.with_runtime(models.model_config(d.arch, dict(d.get("model", {}))), config.get("runtime"))
-    is_raft = isinstance(cfg, RAFTConfig)
+    is_raft = tasks.of(cfg) is tasks.FLOW
     frames = d.get("source_frames", 0) or d.frames
     spec = {"domain": synthetic.domain("source"), "seed": int(d.source_seed), "frames": int(frames),
             "size": tuple(d.size), "tracks": 0 if is_raft else int(d.tracks), "is_raft": is_raft,
@@ -229,7 +229,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     recipe = settings.as_dict(config)
     provenance = {
         "source": "refine_jax procedural stand-in (not official weights)", "recipe": recipe,
-        "trainer": "refine_jax.train.stream (clips rendered on the fly)", "steps": step,
+        "trainer": "refine_jax.demo.stream (clips rendered on the fly)", "steps": step,
         "trained_from": fs.abspath(init) if init else "random init", "init_provenance": init_provenance,
         "first_clip": first_clip,
         "steps_planned": steps, "stopped_by_deadline": step < steps, "clips_rendered": rendered,

@@ -1,9 +1,9 @@
 """The embedded demo and the recipe of its stand-in pre-trained models.
 
-The demo refines a procedural stand-in (committed in refine_jax/standins/, made by the
-`pretrain` presets of configs/raft.py and configs/pips.py, run on a GPU by train/stream.py; their
+The demo refines a procedural stand-in (committed in refine_jax/demo/standins/, made by the
+`pretrain` presets of configs/raft.py and configs/pips.py, run on a GPU by demo/stream.py; their
 model.json says how) on a target domain with the source's
-motion and a different appearance (data/shifts.py). These stand-ins are ours, trained from random
+motion and a different appearance (demo/shifts.py). These stand-ins are ours, trained from random
 init on procedural video; they are not the official RAFT or PIPs weights.
 
 Stages (each `run(config, workdir) -> dict`):
@@ -19,9 +19,10 @@ from __future__ import annotations
 import copy
 import os
 
-from refine_jax import checkpoints, fs, models, parallel, settings
-from refine_jax.data import shards, synthetic
-from refine_jax.data import shifts as shifts_lib
+from refine_jax import checkpoints, fs, models, parallel, settings, tasks
+from refine_jax.data import shards
+from refine_jax.demo import synthetic
+from refine_jax.demo import shifts as shifts_lib
 
 STANDINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standins")
 
@@ -59,7 +60,7 @@ def _datasets(d):
     """(name, videos, frames, seed, shifts or None, tracks, flow dtype) of every set to write."""
     frames = d.get("source_frames", 0) or d.frames
     target = target_domain(d)
-    pips = d.arch == "pips"  # the pre-training set carries flow for RAFT, tracks for PIPs
+    pips = tasks.of_arch(d.arch) is tasks.TRACKS  # the pre-training set: flow for RAFT, tracks for PIPs
     return [("source", d.source_videos, frames, d.source_seed, synthetic.domain("source"), d.tracks if pips else 0,
              "" if pips else "float16"),
             ("source_eval", d.source_eval_videos, d.frames, d.source_seed + 1, synthetic.domain("source"),
@@ -95,7 +96,7 @@ def pretrain_config(config):
 def pretrain(config, workdir: str) -> dict:
     """Train the stand-in from random init on WORKDIR/data/source, then measure it on
     WORKDIR/data/source_eval next to the trivial baseline and record the recipe in model.json."""
-    from refine_jax.train import trainer
+    from refine_jax.stages import train as train_stage
     d = config.demo
     root = os.path.join(workdir, "pretrain")
     init = os.path.join(root, "init")
@@ -105,7 +106,7 @@ def pretrain(config, workdir: str) -> dict:
         checkpoints.init_model(init, cfg, seed=config.seed)
     c = pretrain_config(config)
     c.train.data = data_dir(workdir, "source")
-    out = trainer.run(c, root, init=init)
+    out = train_stage.run(c, root, init=init)
     if out.get("preempted"):
         return out
     model = pretrained_dir(workdir)
@@ -123,12 +124,13 @@ def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
     those metrics, the recipe (the whole config, unless the trainer recorded the one it ran),
     `provenance` and the sha256 of the weights in its model.json; nothing to do when it holds
     source metrics already."""
-    from refine_jax import evaluate
+    from refine_jax.evaluation import report
+    from refine_jax.stages import evaluate
     meta = fs.read_json(os.path.join(model, checkpoints.MODEL_JSON))
     if "source_metrics" in meta["provenance"]:
         return
     loaded = checkpoints.load_model(model, config.get("runtime"))
-    ec = evaluate.EvalConfig.from_config(config.get("eval"))
+    ec = settings.EvalConfig.from_config(config.get("eval"))
     clips = parallel.process_share(list(shards.read_clips(eval_dir)))
     result = evaluate.measure(loaded, clips, ec, config)
     if parallel.is_main_process():
@@ -137,7 +139,7 @@ def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
             # the recipe a trainer recorded (the settings it ran) stands; else the config's
             "recipe": meta["provenance"].get("recipe") or settings.as_dict(config),
             **provenance,
-            "source_metrics": evaluate._json_safe({"clips": len(clips), "model": result["model"],
+            "source_metrics": report.json_safe({"clips": len(clips), "model": result["model"],
                                                    "baseline": result["baseline"], "speed_bins": result["bins"]}),
             "variables_sha256": checkpoints.fingerprint(os.path.join(model, checkpoints.VARIABLES))})
         fs.write_json_atomic(os.path.join(model, checkpoints.MODEL_JSON), meta)

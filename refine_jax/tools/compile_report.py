@@ -2,7 +2,7 @@
 TPU topology on this (CPU) host with libtpu, and report per device what the compiler says.
 
   pip install -e ".[tpu]"      # libtpu from PyPI
-  python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--steps=train,label,eval]
+  python -m refine_jax.tools.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--steps=train,label,eval]
 
 For each step: HBM in use per device (arguments, outputs, temporaries) against its capacity (a
 chip's, or its share of one where a chip holds several devices, as libtpu describes v4: one per
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from refine_jax import checkpoints, models, parallel
+from refine_jax import checkpoints, models, parallel, tasks
 from refine_jax.models import lookup
 
 
@@ -147,9 +147,10 @@ def _round_up(n: int, k: int) -> int:
 
 def train_step(model_cfg, config, mesh, size):
     """(jitted step, abstract args, global batch) of the train stage's step."""
-    from refine_jax.train import augment, trainer
-    tc = trainer.TrainConfig.from_config(config.get("train"))
-    ac = augment.AugmentConfig.from_config(config.get("augment", {"enabled": False}))
+    from refine_jax import settings
+    from refine_jax.train import trainer
+    tc = settings.TrainConfig.from_config(config.get("train"))
+    ac = settings.AugmentConfig.from_config(config.get("augment", {"enabled": False}))
     batch = _round_up(tc.batch_size, mesh.size)
     tx = trainer.make_optimizer(tc)
     variables = _init_shapes(model_cfg)
@@ -158,7 +159,7 @@ def train_step(model_cfg, config, mesh, size):
                                jax.eval_shape(tx.init, params), jax.eval_shape(lambda: jax.random.PRNGKey(0)))
     rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     h, w = size
-    if model_cfg.arch == "pips":
+    if tasks.of(model_cfg) is tasks.TRACKS:
         s, n = model_cfg.S, tc.max_tracks
         b = {"frames": ((batch, s, h, w, 3), jnp.uint8), "tracks": ((batch, n, s, 2), jnp.float32),
              "visible": ((batch, n, s), jnp.bool_), "track_valid": ((batch, n), jnp.bool_)}
@@ -171,26 +172,27 @@ def train_step(model_cfg, config, mesh, size):
 
 
 def _init_shapes(cfg):
-    from refine_jax.convert import abstract_variables
-    return abstract_variables(cfg)
+    return models.abstract_variables(cfg)
 
 
 def label_step(model_cfg, config, mesh, size, iters: Optional[int] = None):
     """(jitted function, abstract args, batch) of the label stage's forward-backward-check call."""
-    from refine_jax.labels import cycle, generate
-    lc = generate.LabelConfig.from_config(config.get("label"))
+    from refine_jax.labels import cycle
+    from refine_jax import settings
+    from refine_jax.labels import flow as flow_labels, tracks as track_labels
+    lc = settings.LabelConfig.from_config(config.get("label"))
     rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     variables = _abstract(_init_shapes(model_cfg), rep)
     batch = _round_up(lc.batch, mesh.size)
     h, w = size
-    if model_cfg.arch == "pips":
+    if tasks.of(model_cfg) is tasks.TRACKS:
         cfg = dataclasses.replace(model_cfg, stride=lc.stride)
-        fn = generate._track_label_fn(cfg, iters or lc.iters or 6, mesh, lc.query_chunk)
+        fn = track_labels.label_fn(cfg, iters or lc.iters or 6, mesh, lc.query_chunk)
         return fn, (variables, jax.ShapeDtypeStruct((batch, cfg.S, h, w, 3), jnp.float32, sharding=bat),
                     jax.ShapeDtypeStruct((batch, lc.max_queries, 2), jnp.float32, sharding=bat),
                     jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)), batch
     check = cycle.FlowCheck(lc.alpha, lc.beta, lc.color_thresh, lc.max_flow, lc.color_noise, lc.color_gain)
-    fn = generate._flow_label_fn(model_cfg, iters or lc.iters or 32, check, mesh)
+    fn = flow_labels.label_fn(model_cfg, iters or lc.iters or 32, check, mesh)
     im = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.uint8, sharding=bat)
     return fn, (variables, im, im), batch
 
@@ -198,10 +200,10 @@ def label_step(model_cfg, config, mesh, size, iters: Optional[int] = None):
 def eval_step(model_cfg, config, device, size):
     """(jitted function, abstract args, batch) of the eval stage's per-call work on one chip: RAFT's
     forward-backward (the eval stage measures with the labeler's function), PIPs' tracking window."""
-    from refine_jax.evaluate import EvalConfig
+    from refine_jax.settings import EvalConfig
     ec = EvalConfig.from_config(config.get("eval"))
     mesh = Mesh(np.asarray([device]), ("data",))
-    if model_cfg.arch != "pips":
+    if tasks.of(model_cfg) is tasks.FLOW:
         return label_step(model_cfg, config, mesh, size, iters=ec.iters or 32)
     from refine_jax.models.pips_chain import _chain_fns
     cfg = dataclasses.replace(model_cfg, stride=ec.stride)

@@ -1,8 +1,6 @@
 """Motion metrics (numpy). Coordinates are (x, y) pixels; tracks (N, T, 2), occlusion / visibility
 (N, T) bool, queries (N, 3) rows (t, x, y). Each function states the resolution it works at.
 
-- Flow: end-point error and the fractions of pixels under 1, 3 and 5 px (Sintel "all": every pixel
-  unless a mask is given).
 - TAP-Vid (the tapnet definitions): evaluation points are all frames but the query frame
   ('strided'), or additionally only frames after the query ('first'); occlusion accuracy; delta^x
   = fraction of visible evaluation points within x px for x in 1, 2, 4, 8, 16 and their mean
@@ -15,21 +13,11 @@
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
 THRESHOLDS = (1, 2, 4, 8, 16)
-
-
-def flow_metrics(pred: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray] = None) -> Dict[str, float]:
-    """pred, gt (..., H, W, 2) px; mask (..., H, W) selects pixels (default all)."""
-    epe = np.linalg.norm(np.asarray(pred, np.float64) - gt, axis=-1)
-    if mask is not None:
-        epe = epe[np.asarray(mask, bool)]
-    epe = epe.ravel()
-    return {"epe": float(epe.mean()), "1px": float((epe < 1).mean()), "3px": float((epe < 3).mean()),
-            "5px": float((epe < 5).mean())}
 
 
 def rescale_tracks(tracks: np.ndarray, hw: Sequence[int], to_hw: Sequence[int] = (256, 256)) -> np.ndarray:

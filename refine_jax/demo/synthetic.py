@@ -17,10 +17,10 @@ capped at side * max_motion; a share `static_prob` of the layers barely moves; l
 and zoom, and the background moves as a camera would, slower.
 
 PRESETS: 'source' is the clean pre-training domain; 'target' has the same motion statistics and
-geometry and differs only in appearance (data/shifts.py), the way Sintel final differs from clean
+geometry and differs only in appearance (demo/shifts.py), the way Sintel final differs from clean
 and real footage from a renderer. Any domain can carry any named shifts at any severity.
 
-  python -m refine_jax.data.synthetic --preset=target --out=DIR --videos=N [--frames=8]
+  python -m refine_jax.demo.synthetic --preset=target --out=DIR --videos=N [--frames=8]
       [--size=256,320] [--tracks=64] [--seed=0] [--shifts=fog:1,noise:2]
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from refine_jax import cli
-from refine_jax.data import shifts as shifts_lib
+from refine_jax.demo import shifts as shifts_lib
 from refine_jax.data.shards import Clip
 
 TEX = 256  # texture side, pixels
@@ -51,7 +51,7 @@ class DomainConfig:
     scaling: float = 0.01                     # log-scale change sigma per frame
     background_motion: float = 0.5            # background speed relative to a foreground layer's
     shape_size: Tuple[float, float] = (0.08, 0.35)  # shape radius, fraction of the frame side
-    shifts: Tuple[Tuple[str, float], ...] = ()      # named appearance shifts (data/shifts.py)
+    shifts: Tuple[Tuple[str, float], ...] = ()      # named appearance shifts (demo/shifts.py)
 
 
 # The target of the embedded demo: the imaging of Sintel 'final' (motion blur over the whole frame
@@ -446,7 +446,7 @@ def write_dataset(out_dir: str, preset, videos: int, frames: int = 24, size=(256
     from refine_jax.data.shards import ShardWriter
     cfg = domain(preset) if isinstance(preset, str) else preset
     name = name or (preset if isinstance(preset, str) else "synthetic")
-    extra = {"generator": "refine_jax.data.synthetic", "preset": name, "domain": dataclasses.asdict(cfg),
+    extra = {"generator": "refine_jax.demo.synthetic", "preset": name, "domain": dataclasses.asdict(cfg),
              "shifts": shifts_lib.describe(cfg.shifts), "seed": seed}
     jobs = [(cfg, video_seed(seed, i), frames, tuple(size), tracks, f"{name}-{seed}-{i:05d}", fmt, flow_dtype)
             for i in range(videos)]
@@ -470,7 +470,7 @@ def write_dataset(out_dir: str, preset, videos: int, frames: int = 24, size=(256
 @cli.guarded
 def main(argv) -> int:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m refine_jax.data.synthetic", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m refine_jax.demo.synthetic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), required=True)
     p.add_argument("--out", required=True)

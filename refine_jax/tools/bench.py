@@ -1,12 +1,12 @@
 """Speed measurements on this machine; with --official, the official PyTorch code side by side.
 
-  python -m refine_jax.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
-  python -m refine_jax.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
-  python -m refine_jax.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
+  python -m refine_jax.tools.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
+  python -m refine_jax.tools.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
+  python -m refine_jax.tools.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
   (raft, pips, large: --precision=highest|bf16)
-  python -m refine_jax.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
-  python -m refine_jax.bench label  (labelled pairs/s and clips/s against one forward pass)
-  python -m refine_jax.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--arch=raft]
+  python -m refine_jax.tools.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
+  python -m refine_jax.tools.bench label  (labelled pairs/s and clips/s against one forward pass)
+  python -m refine_jax.tools.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--arch=raft]
       [--size=H,W] [--steps=train,label,eval]   (compile for a TPU topology: refine_jax/compile_report.py)
 
 Without --official only our absolute times are printed (a ratio against a time measured on
@@ -72,7 +72,7 @@ def time_torch(fn, *args, repeats: int = 3):
 
 
 def bench_raft(repeats: int, official: str = "", precision: str = "highest") -> None:
-    from refine_jax import official as official_lib
+    from refine_jax.tools import official as official_lib
     from refine_jax.models.raft import RAFT, RAFTConfig
 
     cfg = RAFTConfig(precision=precision)
@@ -113,7 +113,7 @@ def bench_large(size: str, corr: str, precision: str) -> None:
 
 
 def bench_pips(repeats: int, official: str = "", precision: str = "highest") -> None:
-    from refine_jax import official as official_lib
+    from refine_jax.tools import official as official_lib
     from refine_jax.models.pips import Pips, PipsConfig
 
     rng = np.random.default_rng(0)
@@ -141,7 +141,8 @@ def bench_data(repeats: int) -> None:
     import os
     import tempfile
 
-    from refine_jax.data import pipeline, shards, synthetic
+    from refine_jax.data import pipeline, shards
+    from refine_jax.demo import synthetic
 
     with tempfile.TemporaryDirectory() as d:
         with shards.ShardWriter(d, "bench", max_shard_bytes=8 << 20) as w:
@@ -167,7 +168,9 @@ def bench_label(repeats: int) -> None:
     """Labelled pairs/s (RAFT large, 368x496, 32 iters: forward + backward + checks in one call)
     against one forward pass, and PIPs label clips/s (8x368x496, 256 queries, stride 4)."""
     from refine_jax import parallel
-    from refine_jax.labels.generate import FlowLabeler, LabelConfig, TrackLabeler
+    from refine_jax.labels.flow import FlowLabeler
+    from refine_jax.labels.tracks import TrackLabeler
+    from refine_jax.settings import LabelConfig
     from refine_jax.models.pips import Pips, PipsConfig
     from refine_jax.models.raft import RAFT, RAFTConfig
 
@@ -204,7 +207,7 @@ def tpu_target(spec: str, arch: str = "", size: str = ""):
     The demo configs (no preset, :pretrain, :runlocal) compile their own stand-in
     (config.demo.arch and .model at config.demo.size); the other presets the published
     architecture at the dataset's frame size. `arch` and `size` ("H,W") override."""
-    from refine_jax import compile_report
+    from refine_jax.tools import compile_report
     config = cli.load_config(spec)
     path, _, preset = spec.partition(":")
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -221,7 +224,7 @@ def tpu_target(spec: str, arch: str = "", size: str = ""):
 
 
 def bench_tpu(args) -> int:
-    from refine_jax import compile_report
+    from refine_jax.tools import compile_report
     config, arch, model, size = tpu_target(args.config, args.arch, args.size)
     print(f"compiling {args.config} ({arch}{', the demo stand-in' if model is not None else ''}) for "
           f"{args.topology}, data frames {size[0]}x{size[1]}", flush=True)
@@ -232,7 +235,7 @@ def bench_tpu(args) -> int:
 
 @cli.guarded
 def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m refine_jax.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m refine_jax.tools.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("raft", "pips", "large", "data", "label", "tpu"))
     p.add_argument("--repeats", type=int, default=3)

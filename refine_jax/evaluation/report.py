@@ -1,0 +1,183 @@
+"""The evaluation's outputs: metrics.json values (`json_safe`), the direction of each metric, the
+figures and report.md (every metric with its direction, the baseline and the oracle)."""
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+from refine_jax import fs, viz
+
+
+LOWER_IS_BETTER = ("epe", "fl", "ate", "mte", "photometric_error")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric by name: errors are lower-better, rates and accuracies higher-better."""
+    return metric.split("@")[0] in LOWER_IS_BETTER
+
+
+# Shares of pixels, points or queries that pass a threshold; every other metric is a mean of errors.
+_THRESHOLDED = re.compile(r"^(\d+px|fl|cycle_pass|delta_[\d.]+|delta_avg|jaccard_[\d.]+|average_jaccard|"
+                          r"occlusion_accuracy|survival)$")
+
+
+def metric_kind(metric: str) -> str:
+    """'fraction' for a share of pixels or points under a threshold (1 / 3 / 5 px, KITTI's Fl, the
+    cycle-pass share, TAP-Vid's delta, Jaccard and occlusion accuracy, survival): one pixel on the
+    other side of its threshold moves it by 1 / count, whatever the error's size. 'mean' for a mean
+    of errors (EPE, ATE, photometric error), which moves with the errors themselves."""
+    return "fraction" if _THRESHOLDED.match(metric.split("@")[0]) else "mean"
+
+
+def json_safe(obj):
+    """The result with NaN (an empty speed bin) as null and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items() if k != "example"}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def improved(metric: str, before: float, after: float) -> Optional[bool]:
+    if not (np.isfinite(before) and np.isfinite(after)) or after == before:
+        return None
+    return bool((after < before) == lower_is_better(metric))
+
+
+def curve_figure(out_dir, result) -> None:
+    """curve.png: the primary metric over the training steps, beside the baseline and the oracle."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps, vals = zip(*result["curve"])
+    ax.plot(steps, vals, "o-", label="refined")
+    if result["primary"] in result["baseline"]:
+        ax.axhline(result["baseline"][result["primary"]], color="grey", ls="--", label=result["baseline_name"])
+    if result.get("oracle"):
+        ax.axhline(result["oracle"][result["primary"]], color="green", ls=":", label="oracle (GT labels)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(result["primary"])
+    ax.set_title(f"{result['primary']} over refinement")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fs.write_bytes_atomic(os.path.join(out_dir, "curve.png"), buf.getvalue())
+    plt.close(fig)
+
+
+def flow_figures(out_dir, clips, examples) -> None:
+    """flow_<model>.png of the first pair (and flow_gt.png) on one colour scale."""
+    gt = next((c.flow[0] for c in clips if c.flow is not None), None)
+    scale = float(np.linalg.norm(examples["before"] if gt is None else gt, axis=-1).max())
+    if gt is not None:
+        viz.save_png(os.path.join(out_dir, "flow_gt.png"), viz.flow_to_color(gt, scale))
+    for name, ex in examples.items():
+        viz.save_png(os.path.join(out_dir, f"flow_{name}.png"), viz.flow_to_color(ex, scale))
+
+
+def track_figures(out_dir, examples) -> None:
+    """tracks_<model>.png: the tracks of the first clip with ground-truth queries on its last frame."""
+    for name, (clip, out) in ((k, v) for k, v in examples.items() if v is not None):  # GT queries only
+        t = len(clip.frames) - 1
+        img = viz.draw_tracks(clip.frames[t], out["tracks"][:, t], out["visible"][:, t],
+                              tails=out["tracks"][:, :t + 1])
+        viz.save_png(os.path.join(out_dir, f"tracks_{name}.png"), img)
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
+
+
+def write_markdown(out_dir, r):
+    """report.md: a verdict, then every metric with its direction, the baseline and the oracle."""
+    p, b, a = r["primary"], r["before"], r["after"]
+    lines = ["# Evaluation report", "",
+             f"{r['clips']} clips, resolution {r['resolution']}"
+             + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ". "
+             f"Trivial baseline: {r['baseline_name']}."
+             + (f" Flow metrics over the {100 * r['gt_known']:.1f} % of pixels with known ground truth."
+                if 0 < r.get("gt_known", 1.0) < 1 else "")
+             + (f" Frames padded to multiples of 8 in RAFT's '{r['pad_mode']}' mode." if r.get("pad_mode") else ""),
+             ""]
+    if not r.get("ground_truth", True):
+        lines += ["**No evaluation clip carries ground truth**: this report holds the label-free diagnostics "
+                  "only. A better model passes the cycle check more often at an equal or lower photometric "
+                  "error; neither alone proves it (see the note below the table).", ""]
+    if a:
+        change = a[p] - b[p]
+        lines += [f"**{p}** ({'lower' if r['lower_is_better'] else 'higher'} is better): "
+                  f"{b[p]:.4f} before, {a[p]:.4f} after ({change:+.4f}, {100 * change / b[p]:+.1f} %): "
+                  f"{'improved' if r['improved'][p] else 'not improved'}; {r['baseline_name']} "
+                  f"{_fmt(r['baseline'].get(p))}" + (f"; oracle {r['oracle'][p]:.4f}" if r.get("oracle") else "") + ".", ""]
+        base = r["baseline"].get(p, float("nan"))
+        for name in ("before", "after"):
+            if r.get("ground_truth", True) and not improved(p, base, r[name][p]):
+                lines += [f"**The model {name} refinement is no better than {r['baseline_name']}** "
+                          f"({r[name][p]:.4f} vs {base:.4f}): a gain next to it can be a collapse towards no motion.", ""]
+        worse = [k for k, v in r["improved"].items() if v is False]
+        if worse:
+            lines += [f"Worse after refinement: {', '.join(worse)}.", ""]
+    lines += ["| metric | better | baseline | before | after | change | improved | oracle |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k, v in b.items():
+        if isinstance(v, float) and np.isnan(v) and "@" in k:
+            continue  # a speed bin without pixels or tracks
+        av = a[k] if a else None
+        ch = "" if av is None else f"{av - v:+.4f}"
+        imp = {True: "yes", False: "**no**", None: ""}[r["improved"][k]] if a else ""
+        orc = _fmt(r["oracle"][k]) if r.get("oracle") else ""
+        lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {_fmt(r['baseline'].get(k))} | "
+                     f"{_fmt(v)} | {_fmt(av)} | {ch} | {imp} | {orc} |")
+    unit = "pixels" if r["kind"] == "flow" else "tracks"
+    lines += [""]
+    if r["speed_bins"]:
+        lines += [f"Share of {unit} per ground-truth speed bin ({'px' if unit == 'pixels' else 'px/frame'}): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in r["speed_bins"].items()) + ".", ""]
+    lab = r.get("labels")
+    if lab and lab.get("error_all") is not None:
+        lines += ["## Pseudo-labels", "",
+                  f"Yield {lab['yield']:.4f} ({lab['kept']} of {lab['total']}); ground-truth error of the kept "
+                  f"labels {_fmt(lab['error_kept'])} against {_fmt(lab['error_all'])} for all estimates "
+                  f"(ratio {_fmt(lab.get('kept_over_all'))}).", ""]
+        if lab.get("per_speed_bin"):
+            bias = any("speed_bias_kept" in v for v in lab["per_speed_bin"].values())
+            lines += ["| GT speed bin | yield | error kept | error all |" + (" speed bias kept | speed bias all |" if bias else ""),
+                      "|---|---|---|---|" + ("---|---|" if bias else "")]
+            for k, v in sorted(lab["per_speed_bin"].items(), key=lambda kv: float(kv[0][1:].split(",")[0])):
+                if not v.get("n", 1):
+                    continue  # no labelled pixel or track moves at this speed
+                lines.append(f"| {k} | {v['yield']:.4f} | {_fmt(v['error_kept'])} | {_fmt(v['error_all'])} |"
+                             + (f" {_fmt(v.get('speed_bias_kept'))} | {_fmt(v.get('speed_bias_all'))} |" if bias else ""))
+            if bias:
+                lines.append("")
+                lines.append("Speed bias: the mean of |estimate| - |truth| in px ("
+                             + ("of the flow vectors" if unit == "pixels" else "of the distance from the query point, per frame")
+                             + "), negative where the estimates are too slow. A bias the forward and backward "
+                             "estimates share passes the cycle check, so the kept labels carry it and refinement learns it.")
+            lines.append("")
+    elif lab:
+        lines += ["## Pseudo-labels", "", f"Yield {_fmt(lab.get('yield'))} (no ground truth in the labelled videos).", ""]
+    lines += ["cycle_pass and photometric_error need no ground truth: the share of estimates that pass the "
+              "labelling cycle check and their photometric error in grey levels. Zero motion is perfectly "
+              "cycle-consistent: the baseline column shows it (flow: only the colour check removes pixels, "
+              "those that change colour; a point held still passes every track check), and its photometric "
+              "error is what exposes a collapse towards it.", "",
+              f"Before: `{r['model_before']}`  ", f"After: `{r.get('model_after', '(no refined model)')}`  ",
+              f"Oracle: `{r.get('model_oracle', '(no oracle run)')}`", "", "![curve](curve.png)", ""]
+    gt = r.get("ground_truth", True)
+    if unit == "pixels":
+        lines += [("![ground truth](flow_gt.png) " if gt else "") + "![before](flow_before.png) ![after](flow_after.png)"
+                  + (" ![oracle](flow_oracle.png)" if r.get("oracle") else "")]
+    elif gt:
+        lines += ["![before](tracks_before.png) ![after](tracks_after.png)"]
+    fs.write_text_atomic(os.path.join(out_dir, "report.md"), "\n".join(lines) + "\n")

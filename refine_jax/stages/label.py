@@ -1,0 +1,154 @@
+"""The `label` stage: run the frozen model over video shards and keep what passes the cycle check.
+
+RAFT: every consecutive pair of every clip; forward and backward flow in one jitted, mesh-sharded
+call; label = forward flow, valid = the flow cycle check (labels/cycle.py).
+PIPs: 8-frame windows of every clip; queries on a grid, plus dense windows around the clip's
+ground-truth points when it has them; forward and backward (time-reversed, from the forward end
+point) tracks in one call; keep tracks consistent within tau px at every frame; then re-balance by
+speed. Labels carry the forward track's visibility.
+
+Output (`WORKDIR/<label.out>`, default `labels/`): one label shard per input shard, in the video-clip schema of
+data/shards.py (a flow label is a 2-frame clip with `flow` and `flow_valid`; a track label is an
+8-frame clip with `tracks`, `visible` and `query_points`), and `manifest.json` with the shards, the
+labelling config, the model fingerprint, counts and yield statistics, and, when the inputs carry
+ground truth, the error of the kept labels against it next to the error of all estimates.
+A shard counts as done once its stats file exists (written after the shard was renamed into place),
+so an interrupted run redoes only unfinished shards and never leaves a finished-looking partial one.
+The stats file records the label settings and the model's sha256; a re-run with other ones refuses
+the finished shards instead of mixing two runs' labels under one manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Optional, Tuple
+
+from refine_jax import checkpoints, cli, fs, parallel, paths, settings, tasks
+from refine_jax.data import shards, sources
+from refine_jax.labels import stats as stats_lib
+from refine_jax.settings import LabelConfig
+
+# Label settings that only split the work (or name the folder, or count rounds): a resumed run may
+# change them. Any other setting, or another model, makes other labels.
+WORK_SPLIT_ONLY = frozenset({"out", "batch", "num_devices", "query_chunk", "rounds"})
+
+
+def _label_key(lc: LabelConfig, model_sha256: str) -> dict:
+    """What a label shard depends on besides its input: the settings and the model's weights
+    (as JSON holds them, so that a stored key compares equal)."""
+    values = {k: v for k, v in dataclasses.asdict(lc).items() if k not in WORK_SPLIT_ONLY}
+    return json.loads(json.dumps({"label_settings": values, "model_sha256": model_sha256}))
+
+
+def _check_same_key(entry: dict, key: dict, stats_path: str) -> None:
+    """Raise when a finished shard (its stats file) was labelled with other settings or another
+    model than this run's, naming the differences. Shards from before keys were stored pass."""
+    if "label_settings" not in entry:
+        return
+    diffs = settings.differences({"label": entry["label_settings"], "model_sha256": entry.get("model_sha256")},
+                                 {"label": key["label_settings"], "model_sha256": key["model_sha256"]},
+                                 defaults=settings.dataclass_defaults(label=LabelConfig))
+    if diffs:
+        raise ValueError(f"{stats_path} marks a shard labelled with other settings ({'; '.join(diffs)}); "
+                         f"label into a new work directory (or label.out) or use that run's settings")
+
+
+def run(config, workdir: str, init: Optional[str] = None, progress: bool = True) -> dict:
+    """Label every input shard into WORKDIR/<label.out>; returns the manifest. Finished shards
+    are kept (resume) when they were labelled with the same settings and model, refused otherwise."""
+    from tqdm import tqdm
+    lc = LabelConfig.from_config(config.get("label"))
+    init = init or config.init
+    loaded = checkpoints.load_model(init, config.get("runtime"))
+    mesh = parallel.make_mesh(lc.num_devices or None, local=True)
+    task = tasks.of(loaded.cfg)
+    labeler = task.labeler(loaded.cfg, loaded.variables, lc, mesh)
+    inputs = []
+    for d in sources.split_sources(config.data.videos):
+        inputs.extend(sources.units(d))
+    out_dir = paths.labels(workdir, config)
+    fs.makedirs(out_dir)
+    key = _label_key(lc, checkpoints.fingerprint(init))
+    start, done_records = time.time(), 0
+    mine = parallel.process_share(inputs)
+    bar = tqdm(mine, desc=f"label ({loaded.arch})", unit="shard",
+               disable=not (progress and parallel.is_main_process()))
+    for unit in bar:
+        final, stats_path = _outputs(out_dir, unit)
+        if fs.exists(stats_path) and fs.exists(final):
+            _check_same_key(fs.read_json(stats_path), key, stats_path)
+            continue
+        tmp = f"{final}.tmp"
+        stats: dict = {}
+        records, sizes = 0, set()
+        tf = fs.tf()
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for clip in unit.clips():
+                for label in labeler.label_clip(clip, stats):
+                    writer.write(shards.clip_to_example(label, "png"))
+                    records += 1
+                    sizes.add(tuple(int(v) for v in label.frames.shape[1:3]))
+                done_records += 1
+                bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
+        fs.replace(tmp, final)
+        entry = {"file": os.path.basename(final), "records": records, "bytes": fs.size(final),
+                 "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats,
+                 "frame_sizes": sorted(map(list, sizes)), **key}
+        fs.write_json_atomic(stats_path, entry)
+    parallel.barrier("label: shards written")
+    manifest = _manifest(inputs, out_dir, lc, init, loaded, key["model_sha256"])
+    if parallel.is_main_process():
+        fs.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), manifest)
+    parallel.barrier("label: manifest written")
+    return manifest
+
+
+def _outputs(out_dir: str, unit: "sources.Unit") -> Tuple[str, str]:
+    """The label shard of an input unit (a shard file, a TFDS sub-split) and its stats file
+    (which marks it finished)."""
+    return (os.path.join(out_dir, f"{unit.name}.labels.tfrecord"), os.path.join(out_dir, f".{unit.name}.stats.json"))
+
+
+def _manifest(inputs, out_dir, lc, init, loaded, model_sha256: str) -> dict:
+    """The label manifest over every input shard's stats file, in input order."""
+    per_shard = []
+    for unit in inputs:
+        per_shard.append(fs.read_json(_outputs(out_dir, unit)[1]))
+    total: dict = {}
+    for e in per_shard:
+        stats_lib.merge(total, e["stats"])
+    manifest = {"schema": shards.SCHEMA, "name": "labels", "kind": tasks.of(loaded.cfg).kind,
+                "files": [{k: e[k] for k in ("file", "records", "bytes", "sha256", "source")} for e in per_shard],
+                "records": sum(e["records"] for e in per_shard),
+                "frame_sizes": sorted(map(list, {tuple(v) for e in per_shard for v in e.get("frame_sizes", ())})),
+                "label_config": dataclasses.asdict(lc), "model": fs.abspath(init),
+                "model_sha256": model_sha256, "model_arch": loaded.arch,
+                "stats": stats_lib.summary(total)}
+    return manifest
+
+
+@cli.guarded
+def main(argv) -> int:
+    """`python -m refine_jax.stages.label --init=CKPT --videos=DIR[,DIR] --workdir=DIR
+    [--label='{"tau": 1.5, ...}']`: the label stage alone."""
+    import argparse
+    import ml_collections
+    p = argparse.ArgumentParser(prog="python -m refine_jax.stages.label", description=main.__doc__)
+    p.add_argument("--init", required=True)
+    p.add_argument("--videos", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--label", default="{}", help="JSON of label settings")
+    a = p.parse_args(argv)
+    cfg = ml_collections.ConfigDict({"init": a.init, "data": {"videos": a.videos},
+                                     "label": json.loads(a.label)})
+    m = run(cfg, a.workdir)
+    print(json.dumps(m["stats"], indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
+
