@@ -28,7 +28,7 @@ def test_official_checkout_is_imported_in_isolation_and_restored(tmp_path, capsy
     (core / "raft.py").write_text("import utils\nclass RAFT:\n    pass\n")
     sys.modules["utils"] = types.ModuleType("utils")  # someone else's top-level `utils`
     mine = sys.modules["utils"]
-    with official._isolated_path(str(core)):
+    with official.isolated_path(str(core)):
         import importlib
         assert importlib.import_module("raft").utils.MARK == "checkout"
     assert sys.modules["utils"] is mine and "raft" not in sys.modules and str(core) not in sys.path
@@ -36,7 +36,7 @@ def test_official_checkout_is_imported_in_isolation_and_restored(tmp_path, capsy
     basic = types.SimpleNamespace(meshgrid2d=lambda B, device="cuda": device,
                                   gridcloud2d=lambda B, device="cuda": device)
     cuda = torch.Tensor.cuda
-    with official._on_cpu(basic):
+    with official.on_cpu(basic):
         assert basic.meshgrid2d(1) == "cpu" and basic.gridcloud2d(1) == "cpu"
         t = torch.zeros(1)
         assert t.cuda() is t

@@ -29,7 +29,7 @@ def _kinds(hlo):
 
 def _gradient_bytes_at_least_half_the_parameters(collectives, cfg):
     params = sum(int(np.prod(x.shape)) * 4 for x in jax.tree_util.tree_leaves(
-        compile_report._init_shapes(cfg)["params"]))
+        compile_report.init_shapes(cfg)["params"]))
     return max(c["bytes"] for c in collectives) >= 0.5 * params
 
 

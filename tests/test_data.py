@@ -265,7 +265,7 @@ def test_shapes_and_motion_statistics():
     bar = synthetic.random_shape("bar", rng, 40.0)
     assert bar.half[1] <= 0.2 * bar.half[0]
     cfg = synthetic.PRESETS["source"]
-    speeds = np.array([synthetic._speed(cfg, rng, 256) for _ in range(4000)])
+    speeds = np.array([synthetic.layer_speed(cfg, rng, 256) for _ in range(4000)])
     assert speeds.max() <= 0.15 * 256 + 1e-9 and (speeds > 0.1 * 256).any()       # up to 15 % of the side
     assert np.median(speeds) < 0.7 * speeds.mean()                                  # heavy-tailed
     assert 0.05 < (speeds < 0.5).mean() < 0.3                                        # some layers stand still

@@ -23,7 +23,7 @@ def _native(x, w, strides, padding):
 def test_taps_conv_matches_the_bf16_conv_forward_and_gradient(kernel, strides, padding):
     x = jnp.asarray(RNG.normal(size=(2, 11, 13, 128)), jnp.float32)
     w = jnp.asarray(RNG.normal(size=(*kernel, 128, 24)) * 0.1, jnp.float32)
-    taps = lambda x, w: precision._taps_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), strides, padding)
+    taps = lambda x, w: precision.taps_conv(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), strides, padding)
     ref = _native(x, w, strides, padding)
     out = taps(x, w)
     assert out.shape == ref.shape and out.dtype == jnp.float32

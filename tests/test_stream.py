@@ -73,7 +73,7 @@ def test_time_step_counts_a_compile_then_times_the_steps():
         calls.append(1)
         return np.ones(4, np.float32)
     fn = jax.jit(lambda state, b: (state + 1, {"loss": b.sum()}))
-    compile_s, step_s = stream._time_step(fn, np.zeros(()), batch, budget=60.0)
+    compile_s, step_s = stream.time_step(fn, np.zeros(()), batch, budget=60.0)
     assert len(calls) == 1 + 3 + 30 and compile_s > 0 and 0 < step_s < compile_s
 
 

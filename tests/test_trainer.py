@@ -224,3 +224,28 @@ def test_schedules():
     c = trainer.make_schedule(settings.TrainConfig(lr=1e-5, schedule="cosine", schedule_steps=825))
     assert float(c(0)) == pytest.approx(1e-5, rel=1e-5) and float(c(825)) == pytest.approx(0, abs=1e-12)
     assert float(c(625)) == pytest.approx(1e-5 * 0.5 * (1 + np.cos(np.pi * 625 / 825)), rel=1e-4)
+
+
+def test_a_crop_larger_than_the_frames_trains_on_the_frames(setup, tmp_path, capsys):
+    """The default RAFT crop (192x256) on smaller frames (here 128x128) trains on the frames' size
+    and says so in one line; it stopped with a JAX gather error on 138x160 frames."""
+    cfg = _cfg(setup, steps=1)
+    cfg["augment"] = {"crop": (192, 256)}
+    out = train_stage.run(ml_collections.ConfigDict(cfg), str(tmp_path / "w"), progress=False)
+    assert out["step"] == 1 and np.isfinite(out["loss"])
+    assert "augment.crop (192, 256) is larger than the 128x128 training frames; training on 128x128 crops" \
+        in capsys.readouterr().out
+
+
+def test_crops_fit_the_frames_within_each_model_minimum():
+    from refine_jax import tasks
+    from refine_jax.models.pips import PipsConfig
+    raft = RAFTConfig(small=True)
+    assert tasks.FLOW.fit_crop((192, 256), (138, 160), raft, "d") == (136, 160)   # multiples of 8
+    assert tasks.FLOW.fit_crop((192, 256), (1080, 1920), raft, "d") == (192, 256)
+    with pytest.raises(ValueError, match=r"d: the training frames are 120x200 px; RAFT trains on crops of at least 128x128"):
+        tasks.FLOW.fit_crop((192, 256), (120, 200), raft, "d")
+    pips = PipsConfig(stride=4)
+    assert tasks.TRACKS.fit_crop((128, 128), (100, 300), pips, "d") == (100, 128)
+    with pytest.raises(ValueError, match="PIPs at stride 4 needs both sides >= 64 px"):
+        tasks.TRACKS.fit_crop((128, 128), (60, 300), pips, "d")

@@ -101,10 +101,9 @@ def _select(rec, start, cfg: PipelineConfig):
     return out
 
 
-def common_size(shard_dirs: Sequence[str]) -> Optional[Tuple[int, int]]:
-    """(min H, min W) over the frame sizes the folders' manifests list, when they list more than
-    one (KITTI's scenes are 370-376 x 1224-1242); None when all frames have one size or a folder
-    (a TFDS split, an older manifest) does not say."""
+def _listed_sizes(shard_dirs: Sequence[str]) -> Optional[set]:
+    """The (H, W) frame sizes the folders' manifests list; None when a folder (a TFDS split, an
+    older manifest) does not say."""
     from refine_jax.data import sources
     sizes = set()
     for d in sources.split_sources(shard_dirs):
@@ -112,7 +111,21 @@ def common_size(shard_dirs: Sequence[str]) -> Optional[Tuple[int, int]]:
         if not listed:
             return None
         sizes.update(tuple(v) for v in listed)
-    return (min(h for h, _ in sizes), min(w for _, w in sizes)) if len(sizes) > 1 else None
+    return sizes
+
+
+def frame_size(shard_dirs: Sequence[str]) -> Optional[Tuple[int, int]]:
+    """(min H, min W) of the frames the folders hold: the largest size every sample can be cut
+    to; None when a folder does not say."""
+    sizes = _listed_sizes(shard_dirs)
+    return (min(h for h, _ in sizes), min(w for _, w in sizes)) if sizes else None
+
+
+def common_size(shard_dirs: Sequence[str]) -> Optional[Tuple[int, int]]:
+    """`frame_size` when the folders list more than one frame size (KITTI's scenes are 370-376 x
+    1224-1242), so that every sample is cut to it; None when all frames have one size."""
+    sizes = _listed_sizes(shard_dirs)
+    return frame_size(shard_dirs) if sizes and len(sizes) > 1 else None
 
 
 def _decode(win, cfg: PipelineConfig, crop: Optional[Tuple[int, int]] = None):

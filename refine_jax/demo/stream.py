@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 import time
 from typing import Dict, List, Optional
@@ -133,7 +132,7 @@ class SamplePool:
         self._pool.terminate()
 
 
-def _time_step(fn, state, batch, budget: float):
+def time_step(fn, state, batch, budget: float):
     """(compile seconds, seconds per step) of the jitted step `fn`: its first call, then up to 30
     calls after 3 warm-up ones, stopping once they take `budget` seconds."""
     import jax
@@ -159,7 +158,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
     + 1, ... of synthetic.video_seed), and export it to WORKDIR/model. steps > 0: that many; else as
     many as fit in `seconds` after a timing pass. Training also stops at `seconds` (when > 0). Returns
     {'step', 'steps_planned', 'clips_rendered', 'seconds', 'model'}."""
-    from refine_jax import checkpoints, models, parallel, settings, tasks
+    from refine_jax import checkpoints, models, parallel, paths, settings, tasks
     from refine_jax.demo import stages as demo
     from refine_jax.demo import synthetic
     from refine_jax.train import trainer
@@ -202,7 +201,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
         if steps <= 0:  # timing pass: compile and time the step with a throw-away schedule
             probe_tc = dataclasses.replace(tc, steps=1000)
             tx = trainer.make_optimizer(probe_tc)
-            compile_s, step_s = _time_step(trainer.make_train_step(cfg, probe_tc, tx, mesh, False, ac),
+            compile_s, step_s = time_step(trainer.make_train_step(cfg, probe_tc, tx, mesh, False, ac),
                                            fresh_state(tx), batch, 0.05 * seconds)
             left = deadline - time.time() - compile_s - 30.0  # 30 s: export
             steps = max(int(left / step_s), 1)
@@ -237,7 +236,7 @@ def run(config, workdir: str, steps: int = 0, seconds: float = 0.0, workers: int
                   "source_eval_data": int(d.source_seed) + 1},
         "train": dataclasses.asdict(tc), "augment": dataclasses.asdict(ac),
         "devices": [str(x.device_kind) for x in mesh.devices.flat], "seconds": round(time.time() - t0, 1)}
-    model_dir = os.path.join(workdir, "model")
+    model_dir = paths.model(workdir)
     checkpoints.save_model(model_dir, cfg, parallel.to_host(variables), provenance, replace=True)
     return {"step": step, "steps_planned": steps, "clips_rendered": rendered,
             "seconds": provenance["seconds"], "model": model_dir}

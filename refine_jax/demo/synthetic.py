@@ -278,7 +278,7 @@ class Layer:
         return sample_texture(self.texture, u, v)
 
 
-def _speed(cfg: DomainConfig, rng, side: int) -> float:
+def layer_speed(cfg: DomainConfig, rng, side: int) -> float:
     """A layer's speed in px/frame: heavy-tailed (log-normal with mean side * motion), capped."""
     if rng.random() < cfg.static_prob:
         return abs(rng.normal(0, 0.05))
@@ -296,7 +296,7 @@ def _random_layers(cfg: DomainConfig, rng, h: int, w: int, num_frames: int) -> L
     layers = []
     for k in range(count + 1):
         bg = k == 0
-        speed = _speed(cfg, rng, side) * (cfg.background_motion if bg else 1.0)
+        speed = layer_speed(cfg, rng, side) * (cfg.background_motion if bg else 1.0)
         ang = rng.uniform(0, 2 * np.pi)
         v = speed * np.array([np.cos(ang), np.sin(ang)])
         a = rng.normal(0, 0.05 * speed / 2 + 1e-3, 2) * (0.3 if bg else 1.0)

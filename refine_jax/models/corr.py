@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def _bilinear_taps(x, y):
+def bilinear_taps(x, y):
     """Integer top-left tap and the fractional offsets, as grid_sample computes them."""
     x0 = jnp.floor(x)
     y0 = jnp.floor(y)
@@ -34,7 +34,7 @@ def _gather2d(img, yi, xi, zero_outside: bool):
 
 def sample_zeros(img, xy):
     """Bilinear sample of `img` (H, W, C) at `xy` (..., 2) pixels, zero padding per tap -> (..., C)."""
-    x0, y0, fx, fy = _bilinear_taps(xy[..., 0], xy[..., 1])
+    x0, y0, fx, fy = bilinear_taps(xy[..., 0], xy[..., 1])
     g = lambda yi, xi: _gather2d(img, yi, xi, zero_outside=True)
     fx, fy = fx[..., None], fy[..., None]
     return ((1 - fx) * (1 - fy) * g(y0, x0) + fx * (1 - fy) * g(y0, x0 + 1)
@@ -48,7 +48,7 @@ def sample_clamped(img, xy):
     sampler, so a point left of the image takes column 0 at full weight.
     """
     x, y = xy[..., 0], xy[..., 1]
-    x0, y0, _, _ = _bilinear_taps(x, y)
+    x0, y0, _, _ = bilinear_taps(x, y)
     x0f, y0f = x0.astype(x.dtype), y0.astype(y.dtype)
     x1f, y1f = x0f + 1, y0f + 1
     g = lambda yi, xi: _gather2d(img, yi, xi, zero_outside=False)
@@ -115,7 +115,7 @@ def window_from_patch(patch, fx, fy, radius: int):
     return win.reshape(*win.shape[:-2], (2 * radius + 1) ** 2)
 
 
-def _patch_indices(x0, y0, radius: int, h: int, w: int):
+def patch_indices(x0, y0, radius: int, h: int, w: int):
     """Indices of the (2r+2)^2 patch whose top-left is (x0 - r, y0 - r), and its inside mask."""
     offs = jnp.arange(-radius, radius + 2, dtype=jnp.int32)
     ys = y0[..., None, None] + offs[:, None]
@@ -132,8 +132,8 @@ def lookup_volume(volume, xy, radius: int):
     Returns (P, (2r+1)^2), zero outside the map.
     """
     p, h, w = volume.shape
-    x0, y0, fx, fy = _bilinear_taps(xy[:, 0], xy[:, 1])
-    ys, xs, inside = _patch_indices(x0, y0, radius, h, w)
+    x0, y0, fx, fy = bilinear_taps(xy[:, 0], xy[:, 1])
+    ys, xs, inside = patch_indices(x0, y0, radius, h, w)
     flat = (ys * w + xs).reshape(p, -1)
     patch = jnp.take_along_axis(volume.reshape(p, h * w), flat, axis=1).reshape(ys.shape)
     patch = jnp.where(inside, patch, 0.0)

@@ -129,8 +129,8 @@ def feature_pyramid(fmap2, levels: int) -> List[jax.Array]:
 def _alt_level(f1, f2, xy, radius: int):
     """Windows of one level for points f1 (P, C) at xy (P, 2) in f2 (h, w, C) -> (P, (2r+1)^2)."""
     h, w, c = f2.shape
-    x0, y0, fx, fy = corr_lib._bilinear_taps(xy[:, 0], xy[:, 1])
-    ys, xs, inside = corr_lib._patch_indices(x0, y0, radius, h, w)       # (P, 2r+2, 2r+2)
+    x0, y0, fx, fy = corr_lib.bilinear_taps(xy[:, 0], xy[:, 1])
+    ys, xs, inside = corr_lib.patch_indices(x0, y0, radius, h, w)       # (P, 2r+2, 2r+2)
     patch = f2[ys, xs]                                                    # (P, 2r+2, 2r+2, C)
     corr = jnp.einsum("pyxc,pc->pyx", patch, f1, precision=jax.lax.Precision.HIGHEST) / jnp.sqrt(jnp.float32(c))
     return corr_lib.window_from_patch(jnp.where(inside, corr, 0.0), fx, fy, radius)

@@ -55,7 +55,7 @@ def _bucket(n: int, cap: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _chain_fns(cfg: PipsConfig, iters: int):
+def chain_fns(cfg: PipsConfig, iters: int):
     """Jitted encode, template and window functions, shared by every tracker of the same settings
     (the variables are an argument, so tracking with several models compiles them once)."""
     model = Pips(cfg)
@@ -80,7 +80,7 @@ class ChainedTracker:
                  keep_log: bool = False):
         self.cfg, self.variables, self.iters = cfg, variables, iters
         self.max_points, self.keep_log = max_points, keep_log
-        self._encode, self._template, self._window = _chain_fns(cfg, iters)
+        self._encode, self._template, self._window = chain_fns(cfg, iters)
 
     def validate(self, queries: np.ndarray, num_frames: int, h: int, w: int) -> np.ndarray:
         """Check queries against the video; one sentence naming the first bad query."""

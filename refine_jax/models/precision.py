@@ -71,7 +71,7 @@ def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
     kwargs.pop("preferred_element_type", None)
     lhs, rhs = lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16)
     if _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
-        return _taps_conv(lhs, rhs, window_strides, padding)
+        return taps_conv(lhs, rhs, window_strides, padding)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count,
                                         preferred_element_type=jnp.float32, **kwargs)
@@ -88,7 +88,7 @@ def _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers
     return jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
 
 
-def _taps_conv(x, w, strides, padding):
+def taps_conv(x, w, strides, padding):
     """NHWC x HWIO conv as a float32 sum of one bfloat16 matmul per kernel tap: x (N,H,W,Cin) and
     w (kh,kw,Cin,Cout) in bfloat16, padding ((top, bottom), (left, right)) -> (N,Ho,Wo,Cout) float32."""
     kh, kw, cin, _ = w.shape

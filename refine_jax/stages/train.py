@@ -12,6 +12,7 @@ progress bar. At the end the trained model is exported as a model folder (WORKDI
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional
 
@@ -45,6 +46,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     tx = trainer.make_optimizer(tc)
     state = trainer.initial_state(loaded.variables, tx, tc.seed)
     data_dirs = tuple(d for d in (tc.data or paths.labels(workdir, config)).split(",") if d)
+    ac = _fit_crop(ac, task, model_cfg, tc, data_dirs)
     pcfg = pipeline.PipelineConfig(
         data_dirs, size=tc.size or None, batch_size=tc.batch_size, seed=tc.seed,
         shuffle_buffer=tc.shuffle_buffer, split="rows", **task.training_clips(model_cfg, tc))
@@ -116,6 +118,20 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
 
 
+def _fit_crop(ac, task, model_cfg, tc, data_dirs):
+    """`ac` with its crop fitted to the training frames (train.size, else the smallest frame the
+    label manifests list): a crop larger than the frames trains on the frames' size instead, and
+    says so in one line."""
+    frame_hw = tuple(tc.size) if tc.size else pipeline.frame_size(data_dirs)
+    if not (ac.enabled and ac.crop and frame_hw):
+        return ac
+    fit = task.fit_crop(ac.crop, frame_hw, model_cfg, ",".join(data_dirs))
+    if fit != tuple(ac.crop) and parallel.is_main_process():
+        print(f"train: augment.crop {tuple(ac.crop)} is larger than the {frame_hw[0]}x{frame_hw[1]} training frames; "
+              f"training on {fit[0]}x{fit[1]} crops", flush=True)
+    return dataclasses.replace(ac, crop=fit)
+
+
 @cli.guarded
 def main(argv) -> int:
     """`python -m refine_jax.stages.train --config_json=FILE --workdir=DIR`: the train stage alone
@@ -136,3 +152,4 @@ def main(argv) -> int:
 if __name__ == "__main__":
     import sys
     sys.exit(main())
+

@@ -153,7 +153,7 @@ def train_step(model_cfg, config, mesh, size):
     ac = settings.AugmentConfig.from_config(config.get("augment", {"enabled": False}))
     batch = _round_up(tc.batch_size, mesh.size)
     tx = trainer.make_optimizer(tc)
-    variables = _init_shapes(model_cfg)
+    variables = init_shapes(model_cfg)
     params, stats = variables["params"], variables.get("batch_stats", {})
     state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, stats,
                                jax.eval_shape(tx.init, params), jax.eval_shape(lambda: jax.random.PRNGKey(0)))
@@ -171,7 +171,7 @@ def train_step(model_cfg, config, mesh, size):
     return step, (_abstract(state, rep), b), batch
 
 
-def _init_shapes(cfg):
+def init_shapes(cfg):
     return models.abstract_variables(cfg)
 
 
@@ -182,7 +182,7 @@ def label_step(model_cfg, config, mesh, size, iters: Optional[int] = None):
     from refine_jax.labels import flow as flow_labels, tracks as track_labels
     lc = settings.LabelConfig.from_config(config.get("label"))
     rep, bat = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    variables = _abstract(_init_shapes(model_cfg), rep)
+    variables = _abstract(init_shapes(model_cfg), rep)
     batch = _round_up(lc.batch, mesh.size)
     h, w = size
     if tasks.of(model_cfg) is tasks.TRACKS:
@@ -205,11 +205,11 @@ def eval_step(model_cfg, config, device, size):
     mesh = Mesh(np.asarray([device]), ("data",))
     if tasks.of(model_cfg) is tasks.FLOW:
         return label_step(model_cfg, config, mesh, size, iters=ec.iters or 32)
-    from refine_jax.models.pips_chain import _chain_fns
+    from refine_jax.models.pips_chain import chain_fns
     cfg = dataclasses.replace(model_cfg, stride=ec.stride)
-    _, _, window = _chain_fns(cfg, ec.iters or 6)
+    _, _, window = chain_fns(cfg, ec.iters or 6)
     one = NamedSharding(mesh, P())
-    variables = _abstract(_init_shapes(cfg), one)
+    variables = _abstract(init_shapes(cfg), one)
     h, w = size[0] // cfg.stride, size[1] // cfg.stride
     n = 256
     return window, (variables, jax.ShapeDtypeStruct((cfg.S, h, w, cfg.latent_dim), jnp.float32, sharding=one),

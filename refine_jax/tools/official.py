@@ -26,7 +26,7 @@ _MODULES = ("raft", "update", "extractor", "corr", "utils", "nets", "saverloader
 
 
 @contextlib.contextmanager
-def _isolated_path(folder: str) -> Iterator[None]:
+def isolated_path(folder: str) -> Iterator[None]:
     """`folder` first on sys.path, and the modules it brings forgotten afterwards."""
     saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] in _MODULES}
     for k in saved:
@@ -61,7 +61,7 @@ def raft(path: str, cfg, variables, iters: int):
     images (B, H, W, 3) numpy in [0, 255], sides multiples of 8."""
     import torch
     root = _check_checkout(path, "core/raft.py", "princeton-vl/RAFT")
-    with _isolated_path(os.path.join(root, "core")):
+    with isolated_path(os.path.join(root, "core")):
         module = importlib.import_module("raft")
         args = argparse.Namespace(small=cfg.small, mixed_precision=False, alternate_corr=False, dropout=0.0)
         model = module.RAFT(args)
@@ -78,7 +78,7 @@ def raft(path: str, cfg, variables, iters: int):
 
 
 @contextlib.contextmanager
-def _on_cpu(basic) -> Iterator[None]:
+def on_cpu(basic) -> Iterator[None]:
     """The PIPs checkout's CUDA defaults pointed at the CPU for the duration."""
     import torch
     saved = {n: getattr(basic, n) for n in ("meshgrid2d", "gridcloud2d")}
@@ -99,7 +99,7 @@ def pips(path: str, cfg, variables, iters: int):
     of the official PIPs on `variables`, on the CPU."""
     import torch
     root = _check_checkout(path, "nets/pips.py", "aharley/pips")
-    with _isolated_path(root):
+    with isolated_path(root):
         module = importlib.import_module("nets.pips")
         basic = importlib.import_module("utils.basic")
         model = module.Pips(S=cfg.S, stride=cfg.stride)
@@ -107,7 +107,7 @@ def pips(path: str, cfg, variables, iters: int):
     model.eval()
 
     def run(xys, frames):
-        with torch.no_grad(), _on_cpu(basic):
+        with torch.no_grad(), on_cpu(basic):
             x = torch.from_numpy(np.asarray(xys, np.float32))
             f = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 2)))
             out = model(x, f, iters=iters)

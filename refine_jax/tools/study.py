@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from refine_jax import fs, settings
+from refine_jax import fs, paths, settings
 from refine_jax.demo import shifts as shifts_lib
 from refine_jax.demo import synthetic
 
@@ -86,7 +86,7 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int) -> Op
     config or model is an error, not a silent reuse."""
     from refine_jax import pipeline
     c = cell_config(config, shift, severity, seed)
-    path, key_path = os.path.join(workdir, "eval", "metrics.json"), os.path.join(workdir, CELL_JSON)
+    path, key_path = os.path.join(paths.evaluation(workdir), "metrics.json"), os.path.join(workdir, CELL_JSON)
     key = cell_key(c, workdir)
     if fs.exists(key_path) or fs.exists(path):
         old = fs.read_json(key_path) if fs.exists(key_path) else None

@@ -92,7 +92,7 @@ def make_train_step(model_cfg, tc, tx, mesh, freeze_bn: bool,
         loss_of = lambda p, *a: loss_fn({k: jax.lax.stop_gradient(v) if k in frozen else v
                                          for k, v in p.items()}, *a)
         (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            state.params, state.batch_stats, batch, rng)
+            state.params, state.batch_stats, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
