@@ -13,7 +13,7 @@ from refine_jax import cli, convert, infer, lock
 from refine_jax.data import benchmarks, ingest
 from refine_jax.demo import synthetic
 from refine_jax.stages import label as generate
-from refine_jax.train import trainer
+from refine_jax.stages import train as train_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def test_argparse_entry_points(tmp_path, capsys):
                                           f"--workdir={tmp_path / 'w'}"]), f"{missing}: no such checkpoint")
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"init": missing, "train": {"steps": 1}}))
-    one_error_line(capsys, trainer.main([f"--config_json={cfg}", f"--workdir={tmp_path / 'w'}"]),
+    one_error_line(capsys, train_stage.main([f"--config_json={cfg}", f"--workdir={tmp_path / 'w'}"]),
                    f"error: {missing}: no such checkpoint")
     with pytest.raises(FileNotFoundError):  # --debug: the exception itself
         convert.main(["--arch=raft", f"--src={missing}", f"--out={tmp_path / 'o'}", "--debug"])

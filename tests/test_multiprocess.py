@@ -109,8 +109,10 @@ def test_two_processes_equal_one(setup, tmp_path):
     assert diff.max() <= 2 * 1e-4  # a flipped Adam update on a near-zero gradient moves a weight by ~lr
     s1, s2 = _scalars(one), _scalars(two)
     assert set(s1) == set(s2) and ("train/loss", 2) in s1
+    # the gradient's norm sums every gradient after an all-reduce whose order differs between one
+    # process and two (measured 5.9e-5 relative on an AMD EPYC host), as test_eight_devices_match_one
     for key in s1:
-        np.testing.assert_allclose(s1[key], s2[key], rtol=1e-5, err_msg=str(key))
+        np.testing.assert_allclose(s1[key], s2[key], rtol=1e-4 if key[0] == "train/grad_norm" else 1e-5, err_msg=str(key))
     assert sorted(os.listdir(two / "checkpoints")) == sorted(os.listdir(one / "checkpoints"))
 
     # evaluation: clips split over the processes, per-pair metrics gathered to process 0

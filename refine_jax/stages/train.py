@@ -118,11 +118,21 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
 
 
+def _first_frame_size(data_dirs) -> Optional[tuple]:
+    """(H, W) of the first clip of the first source, for manifests that list no frame sizes."""
+    from refine_jax.data import sources
+    for d in data_dirs:
+        clip = next(iter(sources.read_clips(d, checksum=False)), None)
+        if clip is not None:
+            return tuple(int(v) for v in clip.frames.shape[1:3])
+    return None
+
+
 def _fit_crop(ac, task, model_cfg, tc, data_dirs):
     """`ac` with its crop fitted to the training frames (train.size, else the smallest frame the
     label manifests list): a crop larger than the frames trains on the frames' size instead, and
     says so in one line."""
-    frame_hw = tuple(tc.size) if tc.size else pipeline.frame_size(data_dirs)
+    frame_hw = tuple(tc.size) if tc.size else (pipeline.frame_size(data_dirs) or _first_frame_size(data_dirs))
     if not (ac.enabled and ac.crop and frame_hw):
         return ac
     fit = task.fit_crop(ac.crop, frame_hw, model_cfg, ",".join(data_dirs))
