@@ -139,11 +139,12 @@ def test_section_refuses_an_unknown_field():
 
 
 def test_no_references_to_documents_outside_the_repository():
-    pattern = re.compile(r"spec/method|spec/architectures|\.\./shared|\bQ\d+\b")
+    outside = ("spec" + "/method", "spec" + "/architectures", "../" + "shared")  # split: this file is scanned too
+    pattern = re.compile("|".join(map(re.escape, outside)) + r"|\bQ\d+\b")
     hits = []
     for folder in ("refine_jax", "configs", "tests", "docs", "launch"):
         for p in (ROOT / folder).rglob("*"):
-            if p.suffix in (".py", ".md", ".sh") and p.name != "test_layout.py":
+            if p.suffix in (".py", ".md", ".sh"):
                 hits += [f"{p.relative_to(ROOT)}:{i + 1}" for i, line in enumerate(p.read_text().splitlines())
                          if pattern.search(line)]
     hits += [f"README.md:{i + 1}" for i, line in enumerate((ROOT / "README.md").read_text().splitlines())
