@@ -19,3 +19,9 @@ def _skip_tpu_runtime_without_tpu() -> None:
 
 
 _skip_tpu_runtime_without_tpu()
+# TensorFlow (only tf.data, TFRecord and TensorBoard summaries here) prints C++ INFO and WARNING
+# lines on import: CPU features, and oneDNN's notice, which the level does not silence. oneDNN
+# speeds TensorFlow's convolutions and matrix products, which refine_jax never runs in TensorFlow.
+# Errors still show; an explicit setting wins.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -29,6 +29,20 @@ def enable_compilation_cache() -> str:
     return path
 
 
+def quiet_logs() -> None:
+    """Keep TensorFlow's C++ log lines, absl's INFO lines and Orbax's one-time handler notice off
+    the user's terminal (warnings and errors still show). Call before TensorFlow is imported."""
+    import logging
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+
+    class _NoHandlerOverride(logging.Filter):
+        def filter(self, record):
+            return "overriding" not in record.getMessage()
+    logging.getLogger("absl").addFilter(_NoHandlerOverride())
+
+
 def load_config(spec: str):
     """A config file's get_config(preset) from 'configs/raft.py[:preset]' (as --config takes it)."""
     import importlib.util

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 def define_flags() -> None:
@@ -34,7 +34,7 @@ def define_flags() -> None:
 def main(argv):
     del argv
     from refine_jax import cli, lock, parallel, pipeline
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress bars say enough
+    cli.quiet_logs()  # Orbax logs every save at INFO; progress bars say enough
     cli.enable_compilation_cache()
     f = flags.FLAGS
     parallel.initialize(f.coordinator, f.num_processes, f.process_id)
@@ -45,7 +45,9 @@ def main(argv):
             summary = pipeline.run(f.config, workdir)
     else:
         summary = pipeline.run(f.config, workdir)
-    if not parallel.is_main_process():
+    main_process = parallel.is_main_process()
+    parallel.shutdown()
+    if not main_process:
         return
     seconds = summary.pop("stage_seconds", {})
     if seconds:

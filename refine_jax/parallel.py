@@ -136,6 +136,16 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def shutdown() -> None:
+    """Leave a multi-process run together: every process waits for the others, then disconnects
+    from the coordinator. Called at the end of a job rather than left to the interpreter's exit,
+    where a late process (a slow host, a thread still finishing) would meet the coordinator's
+    shutdown deadline and abort the others."""
+    if jax.process_count() > 1:
+        barrier("job finished")
+        jax.distributed.shutdown()
+
+
 def allgather(x: np.ndarray) -> np.ndarray:
     """Stack one same-shaped host array from every process: (process_count, *x.shape)."""
     if jax.process_count() == 1:

@@ -43,7 +43,10 @@ class LabelConfig:
     query_chunk: int = 0
     num_devices: int = 0       # 0: all devices (of this process)
     seed: int = 0
-    rounds: int = 1            # label-and-train rounds; the loop is in main.py
+    rounds: int = 1            # label-and-train rounds; the loop is in pipeline.py
+    # wall seconds for the stage (0: none): past them no further clip is labelled; the shards so
+    # far keep what they hold and the rest are written empty (a time budget, so not reproducible)
+    max_seconds: float = 0.0
     pad_mode: str = "sintel"   # RAFT's InputPadder: 'sintel' splits the padding, 'kitti' pads below only
 
     @classmethod
@@ -101,6 +104,10 @@ class TrainConfig:
     shuffle_buffer: int = 64
     num_devices: int = 0           # 0: all devices
     keep_checkpoints: int = 0      # 0: keep all (the eval stage draws the metric curve from them)
+    # wall seconds for the stage (0: none). After the first steps have measured the step time, the
+    # steps (and schedule_steps in proportion) are refitted to the seconds left; at the limit the
+    # run saves and exports the model it has
+    max_seconds: float = 0.0
 
     @classmethod
     def from_config(cls, c) -> "TrainConfig":

@@ -33,11 +33,15 @@ class FlowTask:
         if crop and (crop[0] % 8 or crop[1] % 8 or min(crop) < 128):
             raise ValueError(f"augment.crop={tuple(crop)}: RAFT training crops must be multiples of 8 and >= 128")
 
+    def min_side(self, model_cfg) -> int:
+        """The smallest frame side (px) that trains: RAFT's 128 px crop minimum."""
+        return 128
+
     def fit_crop(self, crop, frame_hw, model_cfg, source: str):
         """The training crop for frames of (H, W): the configured one, or the frame where that is
         smaller, in multiples of 8; frames below RAFT's 128 px minimum are refused in one line."""
         fit = tuple(min(int(c), int(f)) // 8 * 8 for c, f in zip(crop, frame_hw))
-        if min(fit) < 128:
+        if min(fit) < self.min_side(model_cfg):
             raise ValueError(f"{source}: the training frames are {frame_hw[0]}x{frame_hw[1]} px; RAFT trains on "
                              f"crops of at least 128x128 (multiples of 8), so frames need both sides >= 128 px")
         return fit
@@ -74,11 +78,15 @@ class TrackTask:
     def check_crop(self, crop) -> None:
         pass
 
+    def min_side(self, model_cfg) -> int:
+        """The smallest frame side (px) that trains: 16 feature cells (64 px at stride 4)."""
+        return 16 * model_cfg.stride
+
     def fit_crop(self, crop, frame_hw, model_cfg, source: str):
         """The configured crop, or the frame where that is smaller; PIPs needs H and W of at least
         16 feature cells (64 px at stride 4)."""
         fit = tuple(min(int(c), int(f)) for c, f in zip(crop, frame_hw))
-        least = 16 * model_cfg.stride
+        least = self.min_side(model_cfg)
         if min(fit) < least:
             raise ValueError(f"{source}: the training frames are {frame_hw[0]}x{frame_hw[1]} px; PIPs at stride "
                              f"{model_cfg.stride} needs both sides >= {least} px")

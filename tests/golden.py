@@ -68,3 +68,17 @@ def write_pth(arch: str, path: str, wrap_pips: bool = True) -> str:
 
 def golden(name: str):
     return np.load(os.path.join(DATA, f"{name}.npz"))
+
+
+def official_keys(arch):
+    """Keys of the official state_dict from the spec listings in tests/data."""
+    fname, section = {"raft": ("raft_keys.txt", 0), "raft_small": ("raft_keys.txt", 1),
+                      "pips": ("pips_keys.txt", 0)}[arch]
+    sections, cur = [], None
+    for line in open(os.path.join(DATA, fname)):
+        if line.startswith("# RAFT") or line.startswith("# 200 state_dict"):
+            cur = []
+            sections.append(cur)
+        elif line.strip() and not line.startswith("#") and cur is not None:
+            cur.append(line.split("\t")[0])
+    return set(sections[section])

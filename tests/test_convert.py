@@ -12,20 +12,6 @@ from refine_jax import checkpoints, convert, pth
 from refine_jax.models import PARAM_COUNTS
 
 
-def _official_keys(arch):
-    """Keys of the official state_dict from the spec listings in tests/data."""
-    fname, section = {"raft": ("raft_keys.txt", 0), "raft_small": ("raft_keys.txt", 1),
-                      "pips": ("pips_keys.txt", 0)}[arch]
-    sections, cur = [], None
-    for line in open(os.path.join(golden.DATA, fname)):
-        if line.startswith("# RAFT") or line.startswith("# 200 state_dict"):
-            cur = []
-            sections.append(cur)
-        elif line.strip() and not line.startswith("#") and cur is not None:
-            cur.append(line.split("\t")[0])
-    return set(sections[section])
-
-
 def _flat(variables):
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
 
@@ -35,7 +21,7 @@ def test_convert_counts_and_export_keys_match_official_listing(converted, arch):
     cfg, variables = converted(arch)
     assert pth.count_params(variables) == PARAM_COUNTS[arch]
     exported = pth.variables_to_state_dict(variables, cfg)
-    assert set(exported) == _official_keys(arch)
+    assert set(exported) == golden.official_keys(arch)
 
 
 @pytest.mark.parametrize("arch", ["raft", "raft_small", "pips"])

@@ -28,12 +28,26 @@ def list_images(folder: str) -> List[str]:
     return [os.path.join(folder, n) for n in names]
 
 
+def _to_rgb8(im) -> np.ndarray:
+    """A Pillow image of any mode -> uint8 (H, W, 3): grey is repeated, alpha dropped, and 16-bit
+    and 32-bit integer grey scaled by its bit depth (Pillow's own convert clips them at 255)."""
+    if im.mode.startswith("I"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "F":
+        grey = np.clip(np.round(np.asarray(im) * (255.0 if np.asarray(im).max(initial=0) <= 1 else 1)), 0, 255)
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def read_image(path: str) -> np.ndarray:
-    """One image file -> uint8 (H, W, 3) RGB."""
+    """One image file -> uint8 (H, W, 3) RGB (grey, RGBA, palette and 16-bit images included)."""
     from PIL import Image, UnidentifiedImageError
     try:
         with fs.open_file(path, "rb") as f, Image.open(f) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return _to_rgb8(im)
     except FileNotFoundError:
         raise FrameError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
@@ -63,6 +77,24 @@ def iter_video(path: str) -> Iterator[np.ndarray]:
                 yield frame.to_ndarray(format="rgb24")
         except (av.error.FFmpegError, OSError) as e:
             raise FrameError(f"{path}: video stream cannot be decoded ({e})") from None
+
+
+def count_frames(path: str) -> int:
+    """The number of frames of a video file (container metadata, else its packets counted without
+    decoding) or of a frame folder."""
+    if fs.isdir(path):
+        return len(list_images(path))
+    import av
+    try:
+        with _open_video(path) as c:
+            if not c.streams.video:
+                raise FrameError(f"{path}: has no video stream")
+            stream = c.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            return sum(1 for packet in c.demux(stream) if packet.size)
+    except (av.error.FFmpegError, OSError) as e:
+        raise FrameError(f"{path}: cannot be opened as a video ({e})") from None
 
 
 def video_fps(path: str) -> float:

@@ -108,6 +108,7 @@ class Unit:
     safe and stable, `source` a shard file or a tfds spec of a sub-split."""
     name: str
     source: str
+    records: Optional[int] = None   # clips in it, where the manifest or TFDS says
 
     def clips(self) -> Iterator[Clip]:
         if is_tfds(self.source):
@@ -120,7 +121,9 @@ def units(source: str) -> List[Unit]:
     even sub-splits as it has shards."""
     import os
     if not is_tfds(source):
-        return [Unit(os.path.basename(p).removesuffix(".tfrecord"), p) for p in shards.verify_shards(source)]
+        counts = {f["file"]: f.get("records") for f in shards.load_manifest(source).get("files", [])}
+        return [Unit(os.path.basename(p).removesuffix(".tfrecord"), p, counts.get(os.path.basename(p)))
+                for p in shards.verify_shards(source)]
     spec = TfdsSpec.parse(source)
     info = builder(spec).info.splits[spec.split]
     stem = re.sub(r"[^\w.-]+", "-", f"{spec.name}-{spec.split}").strip("-")
@@ -128,7 +131,8 @@ def units(source: str) -> List[Unit]:
         return [Unit(stem, source)]
     n, k = info.num_examples, info.num_shards
     return [Unit(f"{stem}-{i:05d}-of-{k:05d}",
-                 str(dataclasses.replace(spec, split=f"{spec.split}[{i * n // k}:{(i + 1) * n // k}]")))
+                 str(dataclasses.replace(spec, split=f"{spec.split}[{i * n // k}:{(i + 1) * n // k}]")),
+                 (i + 1) * n // k - i * n // k)
             for i in range(k)]
 
 

@@ -94,7 +94,8 @@ def track_figures(out_dir, examples) -> None:
         viz.save_png(os.path.join(out_dir, f"tracks_{name}.png"), img)
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A metric to 4 decimals; '' for none or NaN."""
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
 
 
@@ -118,7 +119,7 @@ def write_markdown(out_dir, r):
         lines += [f"**{p}** ({'lower' if r['lower_is_better'] else 'higher'} is better): "
                   f"{b[p]:.4f} before, {a[p]:.4f} after ({change:+.4f}, {100 * change / b[p]:+.1f} %): "
                   f"{'improved' if r['improved'][p] else 'not improved'}; {r['baseline_name']} "
-                  f"{_fmt(r['baseline'].get(p))}" + (f"; oracle {r['oracle'][p]:.4f}" if r.get("oracle") else "") + ".", ""]
+                  f"{fmt(r['baseline'].get(p))}" + (f"; oracle {r['oracle'][p]:.4f}" if r.get("oracle") else "") + ".", ""]
         base = r["baseline"].get(p, float("nan"))
         for name in ("before", "after"):
             if r.get("ground_truth", True) and not improved(p, base, r[name][p]):
@@ -135,9 +136,9 @@ def write_markdown(out_dir, r):
         av = a[k] if a else None
         ch = "" if av is None else f"{av - v:+.4f}"
         imp = {True: "yes", False: "**no**", None: ""}[r["improved"][k]] if a else ""
-        orc = _fmt(r["oracle"][k]) if r.get("oracle") else ""
-        lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {_fmt(r['baseline'].get(k))} | "
-                     f"{_fmt(v)} | {_fmt(av)} | {ch} | {imp} | {orc} |")
+        orc = fmt(r["oracle"][k]) if r.get("oracle") else ""
+        lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {fmt(r['baseline'].get(k))} | "
+                     f"{fmt(v)} | {fmt(av)} | {ch} | {imp} | {orc} |")
     unit = "pixels" if r["kind"] == "flow" else "tracks"
     lines += [""]
     if r["speed_bins"]:
@@ -147,8 +148,8 @@ def write_markdown(out_dir, r):
     if lab and lab.get("error_all") is not None:
         lines += ["## Pseudo-labels", "",
                   f"Yield {lab['yield']:.4f} ({lab['kept']} of {lab['total']}); ground-truth error of the kept "
-                  f"labels {_fmt(lab['error_kept'])} against {_fmt(lab['error_all'])} for all estimates "
-                  f"(ratio {_fmt(lab.get('kept_over_all'))}).", ""]
+                  f"labels {fmt(lab['error_kept'])} against {fmt(lab['error_all'])} for all estimates "
+                  f"(ratio {fmt(lab.get('kept_over_all'))}).", ""]
         if lab.get("per_speed_bin"):
             bias = any("speed_bias_kept" in v for v in lab["per_speed_bin"].values())
             lines += ["| GT speed bin | yield | error kept | error all |" + (" speed bias kept | speed bias all |" if bias else ""),
@@ -156,8 +157,8 @@ def write_markdown(out_dir, r):
             for k, v in sorted(lab["per_speed_bin"].items(), key=lambda kv: float(kv[0][1:].split(",")[0])):
                 if not v.get("n", 1):
                     continue  # no labelled pixel or track moves at this speed
-                lines.append(f"| {k} | {v['yield']:.4f} | {_fmt(v['error_kept'])} | {_fmt(v['error_all'])} |"
-                             + (f" {_fmt(v.get('speed_bias_kept'))} | {_fmt(v.get('speed_bias_all'))} |" if bias else ""))
+                lines.append(f"| {k} | {v['yield']:.4f} | {fmt(v['error_kept'])} | {fmt(v['error_all'])} |"
+                             + (f" {fmt(v.get('speed_bias_kept'))} | {fmt(v.get('speed_bias_all'))} |" if bias else ""))
             if bias:
                 lines.append("")
                 lines.append("Speed bias: the mean of |estimate| - |truth| in px ("
@@ -166,7 +167,7 @@ def write_markdown(out_dir, r):
                              "estimates share passes the cycle check, so the kept labels carry it and refinement learns it.")
             lines.append("")
     elif lab:
-        lines += ["## Pseudo-labels", "", f"Yield {_fmt(lab.get('yield'))} (no ground truth in the labelled videos).", ""]
+        lines += ["## Pseudo-labels", "", f"Yield {fmt(lab.get('yield'))} (no ground truth in the labelled videos).", ""]
     lines += ["cycle_pass and photometric_error need no ground truth: the share of estimates that pass the "
               "labelling cycle check and their photometric error in grey levels. Zero motion is perfectly "
               "cycle-consistent: the baseline column shows it (flow: only the colour check removes pixels, "

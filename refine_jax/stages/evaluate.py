@@ -36,7 +36,8 @@ from refine_jax.evaluation import report
 from refine_jax.settings import EvalConfig
 
 
-def _clips(ec: EvalConfig, config) -> List[shards.Clip]:
+def evaluation_clips(ec: EvalConfig, config) -> List[shards.Clip]:
+    """The clips evaluated: eval.data (default data.videos), the first eval.max_clips."""
     out = []
     for d in sources.split_sources(ec.data or config.data.videos):
         for c in sources.read_clips(d):
@@ -123,6 +124,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     """Evaluate `init` (default config.init), the refined model in TRAINED/model (default
     WORKDIR; the last round's folder with label.rounds > 1) with the curve over TRAINED/checkpoints,
     the oracle in WORKDIR/oracle/model, and the trivial baseline; write WORKDIR/eval."""
+    from tqdm import tqdm
     trained = trained or workdir
     rows = (("after", paths.model(trained)), ("oracle", paths.model(paths.oracle(workdir))))
     for name, folder in rows:
@@ -130,13 +132,15 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     ec = EvalConfig.from_config(config.get("eval"))
     ec = dataclasses.replace(ec, pad_mode=resolve_pad_mode(ec, config))
     before = checkpoints.load_model(init or config.init, config.get("runtime"))
-    all_clips = _clips(ec, config)
+    all_clips = evaluation_clips(ec, config)
     clips = parallel.process_share(all_clips)  # each process its share; metrics are gathered
     out_dir = paths.evaluation(workdir)
     fs.makedirs(out_dir)
     task = tasks.of(before.cfg)
     is_flow = task is tasks.FLOW
-    m_before = measure(before, clips, ec, config)
+    bar = lambda name: tqdm(clips, desc=f"eval ({name})", unit="clip",
+                            disable=not (progress and parallel.is_main_process()))
+    m_before = measure(before, bar("before"), ec, config)
     primary = task.primary
     has_gt = primary in m_before["model"]
     if not has_gt:  # a user's footage: the label-free diagnostics are all there is to report
@@ -157,7 +161,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
         if not fs.isdir(folder):
             continue
         loaded = checkpoints.load_model(folder, config.get("runtime"))
-        m = measure(loaded, clips, ec, config)
+        m = measure(loaded, bar(name), ec, config)
         result[name], result[f"model_{name}"], examples[name] = m["model"], fs.abspath(folder), m["example"]
         if name == "after" and ec.curve:
             for step, v in _checkpoint_variables(trained):

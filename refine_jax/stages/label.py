@@ -32,7 +32,7 @@ from refine_jax.settings import LabelConfig
 
 # Label settings that only split the work (or name the folder, or count rounds): a resumed run may
 # change them. Any other setting, or another model, makes other labels.
-WORK_SPLIT_ONLY = frozenset({"out", "batch", "num_devices", "query_chunk", "rounds"})
+WORK_SPLIT_ONLY = frozenset({"out", "batch", "num_devices", "query_chunk", "rounds", "max_seconds"})
 
 
 def _label_key(lc: LabelConfig, model_sha256: str) -> dict:
@@ -71,14 +71,17 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     out_dir = paths.labels(workdir, config)
     fs.makedirs(out_dir)
     key = _label_key(lc, checkpoints.fingerprint(init))
-    start, done_records = time.time(), 0
+    start = time.time()
     mine = parallel.process_share(inputs)
-    bar = tqdm(mine, desc=f"label ({loaded.arch})", unit="shard",
-               disable=not (progress and parallel.is_main_process()))
-    for unit in bar:
+    counted = all(u.records is not None for u in mine)
+    # counts clips (an ETA) where the manifests say how many, else shards
+    bar = tqdm(total=sum(u.records for u in mine) if counted else len(mine), desc=f"label ({loaded.arch})",
+               unit="clip" if counted else "shard", disable=not (progress and parallel.is_main_process()))
+    for unit in mine:
         final, stats_path = _outputs(out_dir, unit)
         if fs.exists(stats_path) and fs.exists(final):
             _check_same_key(fs.read_json(stats_path), key, stats_path)
+            bar.update(unit.records if counted else 1)
             continue
         tmp = f"{final}.tmp"
         stats: dict = {}
@@ -86,17 +89,25 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         tf = fs.tf()
         with tf.io.TFRecordWriter(tmp) as writer:
             for clip in unit.clips():
+                if lc.max_seconds and time.time() - start > lc.max_seconds:
+                    stats_lib.add(stats, "clips_over_budget", 1)  # counted, not labelled
+                    bar.update(1 if counted else 0)
+                    continue
                 for label in labeler.label_clip(clip, stats):
                     writer.write(shards.clip_to_example(label, "png"))
                     records += 1
                     sizes.add(tuple(int(v) for v in label.frames.shape[1:3]))
-                done_records += 1
-                bar.set_postfix(clips_per_s=f"{done_records / (time.time() - start):.2f}")
+                stats_lib.add(stats, "clips", 1)
+                if counted:
+                    bar.update(1)
+        if not counted:
+            bar.update(1)
         fs.replace(tmp, final)
         entry = {"file": os.path.basename(final), "records": records, "bytes": fs.size(final),
                  "sha256": shards.sha256_file(final), "source": unit.name, "stats": stats,
                  "frame_sizes": sorted(map(list, sizes)), **key}
         fs.write_json_atomic(stats_path, entry)
+    bar.close()
     parallel.barrier("label: shards written")
     manifest = _manifest(inputs, out_dir, lc, init, loaded, key["model_sha256"])
     if parallel.is_main_process():

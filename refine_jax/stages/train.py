@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from typing import Optional
 
 import jax
@@ -57,6 +58,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             "model": {"arch": model_cfg.arch, **model_cfg.to_dict()}, "init": fs.abspath(init),
             "init_provenance": loaded.provenance}
     data_state = None
+    t_start = time.time()
     with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
         if mngr.latest_step() is not None:
             restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
@@ -65,8 +67,12 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
             trainer.check_resumable(restored["meta"], meta, ckpt_dir)
             state = jax.tree_util.tree_map(jnp.asarray, restored["state"])
             data_state = restored["data"]
+            if restored["meta"].get("fitted_steps"):  # a budgeted run: its refitted schedule goes on
+                tc = _refitted(tc, int(restored["meta"]["fitted_steps"]))
+                meta["fitted_steps"], tx = tc.steps, trainer.make_optimizer(tc)
         data = pipeline.ClipIterator(pcfg, state=data_state)
         step_fn = trainer.make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn, ac)
+        budget = _Budget(tc.max_seconds, t_start, int(state.step)) if tc.max_seconds and not meta.get("fitted_steps") else None
         # placed as the step returns it, so the second step does not compile the step again
         state = parallel.put(state, parallel.replicated(mesh))
         main_process = parallel.is_main_process()
@@ -102,6 +108,18 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
                             tf.summary.scalar(f"train/{k}", float(v))
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
+                fitted = _agreed(budget.fit(step, tc.steps)) if budget else None
+                if fitted is not None:  # the time left holds fewer steps: the schedule is set for them
+                    tc = _refitted(tc, fitted)
+                    meta["fitted_steps"] = tc.steps
+                    if step < tc.steps:
+                        tx = trainer.make_optimizer(tc)
+                        step_fn = trainer.make_train_step(model_cfg, tc, tx, mesh, tc.freeze_bn, ac)
+                    bar.total = tc.steps
+                    bar.refresh()
+                    if main_process:
+                        tqdm.write(f"train: {tc.max_seconds:.0f} s hold {tc.steps} steps "
+                                   f"({budget.step_seconds:.2f} s each); the schedule is set for them")
                 if step % tc.save_every == 0 or step == tc.steps:
                     save(step)
         finally:
@@ -115,7 +133,51 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         checkpoints.save_model(model_dir, model_cfg, parallel.to_host(variables),
                                {"trained_from": fs.abspath(init), "steps": int(state.step),
                                 "init_provenance": loaded.provenance}, replace=True)
-    return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False}
+    return {"step": int(state.step), "loss": loss, "model": model_dir, "preempted": False,
+            "crop": list(ac.crop) if ac.enabled and ac.crop else None, "batch_size": tc.batch_size,
+            "budget_steps": meta.get("fitted_steps")}
+
+
+class _Budget:
+    """The steps that `seconds` of training hold, measured: the first step (which compiles) is
+    timed apart from the next PROBE steps; once those have run, `fit` returns the total that the
+    time left holds (keeping one more compile for the refitted step), or None when the configured
+    steps fit. Past the limit it returns the current step, which stops the run."""
+    PROBE = 3
+
+    def __init__(self, seconds: float, t_start: float, start_step: int):
+        self.deadline, self.start_step = t_start + seconds, start_step
+        self.t_first = self.compile_seconds = self.step_seconds = None
+        self.t0, self.fitted = t_start, False
+
+    def fit(self, step: int, total: int) -> Optional[int]:
+        now = time.time()
+        done = step - self.start_step
+        if done == 1:
+            self.t_first, self.compile_seconds = now, now - self.t0
+        if now >= self.deadline:
+            return step if step < total else None
+        if self.fitted or done != 1 + self.PROBE or step >= total:
+            return None
+        self.fitted = True
+        self.step_seconds = (now - self.t_first) / self.PROBE
+        spare = self.deadline - now - 2 * self.compile_seconds - 2.0  # recompile, final save + export
+        fits = step + max(0, int(spare / max(self.step_seconds, 1e-6)))
+        return fits if fits < total else None
+
+
+def _agreed(fitted: Optional[int]) -> Optional[int]:
+    """The main process's budget decision, for every process (their clocks differ)."""
+    if jax.process_count() == 1:
+        return fitted
+    value = int(parallel.allgather(np.asarray(-1 if fitted is None else fitted))[0])
+    return None if value < 0 else value
+
+
+def _refitted(tc, steps: int):
+    """`tc` with `steps` steps; schedule_steps (when set) scaled in proportion."""
+    sched = int(round(tc.schedule_steps * steps / tc.steps)) if tc.schedule_steps else 0
+    return dataclasses.replace(tc, steps=max(steps, 1), schedule_steps=sched)
 
 
 def _first_frame_size(data_dirs) -> Optional[tuple]:

@@ -127,7 +127,7 @@ class Preemption:
 # (learning rate, batch, data, augmentation, init) would continue one run's optimiser state under
 # another run's settings, and the exported model would record settings it was not trained with.
 RESUMABLE_CHANGES = frozenset({"train.steps", "train.save_every", "train.log_every",
-                               "train.keep_checkpoints", "train.num_devices"})
+                               "train.keep_checkpoints", "train.num_devices", "train.max_seconds"})
 
 
 def check_resumable(saved: dict, meta: dict, ckpt_dir: str) -> None:
