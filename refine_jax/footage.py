@@ -35,9 +35,12 @@ STATE = ".refine_state.json"
 # what is left
 RESUMABLE = frozenset({"steps", "minutes", "eval", "eval_clips"})
 # shares of the time left that the label stage and the eval stage may take (the train stage gets
-# the rest, less EXPORT_S); eval runs two models (before and after) through the forward and
-# backward passes that labelling runs once
-LABEL_SHARE, EVAL_SHARE, EVAL_COST, EXPORT_S = 0.3, 0.25, 2.5, 20.0
+# the rest, less EXPORT_S for the export and the report's pictures; eval also gets what training
+# leaves); eval runs two models (before and after) through the forward and backward passes that
+# labelling runs once
+LABEL_SHARE, EVAL_SHARE, EVAL_COST, EXPORT_S = 0.3, 0.25, 2.5, 30.0
+WINDOW = 8  # frames per ingested RAFT window (7 consecutive pairs)
+BUDGET_STEPS = 100_000  # the steps a --minutes run starts from, before the train stage refits them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +137,12 @@ def is_shards(spec: str) -> bool:
     return sources.is_tfds(spec) or (fs.isdir(spec) and fs.exists(os.path.join(spec, shards.MANIFEST)))
 
 
-def prepare_videos(req: Request, clip_len: int, min_side: int, progress: bool = True) -> str:
+def prepare_videos(req: Request, clip_len: int, min_len: int, min_side: int, progress: bool = True) -> str:
     """The stages' `data.videos` for --videos (comma-separated): shard folders and TFDS splits as
     they are; each other source (video files, globs, frame folders) ingested into OUT/videos/<k>
-    at its own size fitted by --max_side, `clip_len`-frame windows, at most --max_clips per video.
-    A finished ingest (its manifest) is reused."""
+    at its own size fitted by --max_side, in `clip_len`-frame windows (a shorter video or last
+    window of at least `min_len` frames is kept), at most --max_clips per video. A finished ingest
+    (its manifest) is reused."""
     out = []
     for k, spec in enumerate(sources.split_sources(req.videos)):
         if is_shards(spec):
@@ -148,7 +152,7 @@ def prepare_videos(req: Request, clip_len: int, min_side: int, progress: bool = 
         if not fs.exists(os.path.join(target, shards.MANIFEST)):
             if parallel.is_main_process():
                 ingest.ingest(spec, target, clip_len=clip_len, fmt="png", max_side=req.max_side,
-                              max_clips=req.max_clips, min_side=min_side, progress=progress)
+                              max_clips=req.max_clips, min_side=min_side, min_len=min_len, progress=progress)
             parallel.barrier(f"refine: {target} ingested")
         out.append(target)
     return ",".join(out)
@@ -177,7 +181,8 @@ def apply_override(config, text: str) -> None:
 
 def build_config(req: Request, init: str, videos: str, model_cfg):
     """The config the stages run with: the model's config file at --preset, the label, train and
-    eval stages, the weights and videos, --steps, and the --set overrides."""
+    eval stages, the weights and videos, --steps (with --minutes: BUDGET_STEPS, which the train
+    stage lowers to what its time holds), and the --set overrides."""
     from refine_jax import cli
     spec = config_file(model_cfg.arch, req) + (f":{req.preset}" if req.preset else "")
     config = cli.load_config(spec)
@@ -185,11 +190,13 @@ def build_config(req: Request, init: str, videos: str, model_cfg):
     config.init, config.data.videos, config.eval.data = init, videos, req.eval
     if tasks.of(model_cfg) is tasks.TRACKS and not config.label.grid:
         config.label.grid = 16  # the demo queries annotated points; footage has none
-    if req.steps:
+    # with --minutes the train stage refits this upper bound to the steps its time holds
+    steps = req.steps or (BUDGET_STEPS if req.minutes else 0)
+    if steps:
         tc = config.train
         if tc.schedule_steps:  # keep the preset's ratio (the reference: 1100 for 1000 steps)
-            tc.schedule_steps = int(round(tc.schedule_steps * req.steps / tc.steps))
-        tc.steps = req.steps
+            tc.schedule_steps = int(round(tc.schedule_steps * steps / tc.steps))
+        tc.steps = steps
     if req.eval_clips:
         config.eval.max_clips = req.eval_clips
     for text in req.overrides:
@@ -242,17 +249,20 @@ def run(req: Request, progress: bool = True, start: Optional[float] = None) -> d
     init = weights_folder(req)
     loaded = checkpoints.load_model(init)
     task = tasks.of(loaded.cfg)
-    clip_len = 2 if task is tasks.FLOW else loaded.cfg.S
+    # RAFT: windows of WINDOW frames, each labelled pair by pair, down to one pair; PIPs: its own window
+    clip_len, min_len = (WINDOW, 2) if task is tasks.FLOW else (loaded.cfg.S, loaded.cfg.S)
     config = build_config(req, init, "", loaded.cfg)  # a wrong --set or --preset fails before any work
-    videos = config.data.videos = prepare_videos(req, clip_len, task.min_side(loaded.cfg), progress)
+    t0 = time.time()
+    videos = config.data.videos = prepare_videos(req, clip_len, min_len, task.min_side(loaded.cfg), progress)
+    ingest_seconds = round(time.time() - t0, 1)
     state_path = os.path.join(req.out, STATE)
     state = fs.read_json(state_path) if fs.exists(state_path) else {}
-    seconds = {}
+    seconds = {"setup": round(t0 - budget.start, 1), "ingest": ingest_seconds}
 
     def stage(name):
         config.stages = (name,)
         t0 = time.time()
-        out = pipeline.run(config, req.out)
+        out = pipeline.run(config, req.out, progress)
         seconds[name] = round(time.time() - t0, 1)
         return out
 
@@ -274,17 +284,19 @@ def run(req: Request, progress: bool = True, start: Optional[float] = None) -> d
     eval_seconds = budget.share(EVAL_SHARE)
     if eval_seconds:
         config.train.max_seconds = max(1.0, budget.left() - eval_seconds - EXPORT_S)
-        clips = count_clips(config.eval.data or videos)
-        per_clip = state.get("label_seconds_per_clip", seconds["label"])
-        n = eval_clip_budget(eval_seconds, per_clip, clips)
-        config.eval.max_clips = min(n, config.eval.max_clips or n)
     trained = stage("train")["train"]
     if trained.get("preempted"):
         return {"preempted": "train", "step": trained["step"]}
+    if eval_seconds:  # what training left over goes to evaluation too
+        clips = count_clips(config.eval.data or videos)
+        per_clip = state.get("label_seconds_per_clip", seconds["label"])
+        n = eval_clip_budget(max(budget.left() - EXPORT_S, 1.0), per_clip, clips)
+        config.eval.max_clips = min(n, config.eval.max_clips or n)
     result = stage("eval")["eval"]
     pth_path = os.path.join(req.out, "refined.pth")
     if parallel.is_main_process() and not export_pth(paths.model(req.out), pth_path):
         pth_path = ""
+    seconds["export"] = round(time.time() - budget.start - sum(seconds.values()), 1)
     summary = footage_report.write(req, config, init, result, manifest, trained, seconds,
                                    pth_path, budget)
     parallel.barrier("refine: reports written")

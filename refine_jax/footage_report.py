@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import os
+import time
 from typing import Dict, List
 
 import numpy as np
@@ -66,11 +67,13 @@ def flow_pictures(models: Dict[str, "checkpoints.LoadedModel"], clips, config, i
     import matplotlib.pyplot as plt
     from refine_jax.evaluation.common import label_config
     from refine_jax.labels.flow import FlowLabeler
-    mesh = parallel.make_mesh(1, local=True)
-    lc = label_config(config, iters)
-    flows = {name: [FlowLabeler(m.cfg, m.variables, lc, mesh).estimate(c.frames[:2])[0][0]
-                    for c in _spread(clips, PICTURE_ROWS)] for name, m in models.items()}
     rows = _spread(clips, PICTURE_ROWS)
+    labeler = FlowLabeler(models["before"].cfg, models["before"].variables, label_config(config, iters),
+                          parallel.make_mesh(1, local=True))
+    flows = {}
+    for name, m in models.items():  # one compiled function: the weights are its argument
+        labeler.variables = m.variables
+        flows[name] = [labeler.estimate(c.frames[:2])[0][0] for c in rows]
     has_gt = all(c.flow is not None for c in rows)
     cols = 7 if has_gt else 3
     fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 2.4 * len(rows)), squeeze=False)
@@ -165,7 +168,8 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 td:first-child,th:first-child{text-align:left}tr.good td:nth-child(5){background:#d8f0d8}
 tr.bad td:nth-child(5){background:#f6d5d5}img,video{max-width:100%}.verdict{font-size:1.3em;padding:.5em;
 border-left:6px solid #888;background:#f4f4f4}.better{border-color:#2a2}.worse{border-color:#c22}
-code{background:#eee;padding:0 3px}"""
+code{background:#eee;padding:0 3px}table.pics{width:100%}table.pics td{width:50%;text-align:center}
+table.pics img,table.pics video{width:100%;image-rendering:pixelated}.caption{color:#555;font-size:.9em}"""
 
 
 def write_html(path: str, title: str, facts: List[str], word: str, sentence: str, result: dict,
@@ -176,9 +180,12 @@ def write_html(path: str, title: str, facts: List[str], word: str, sentence: str
              "<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts) + "</ul>",
              "<h2>Metrics</h2>", _metrics_table(result)]
     if "flow.png" in pictures:
-        parts += ["<h2>Before and after</h2>", _img(pictures["flow.png"], "flow before and after")]
+        parts += ["<h2>Before and after</h2>", _img(pictures["flow.png"], "flow before and after"),
+                  '<p class="caption">Flow on one colour scale per row (hue: direction, saturation: speed). '
+                  'Error maps: black is none, bright is large, one scale per row. The difference: blue where '
+                  'the error fell, red where it rose.</p>']
     if "tracks_before.png" in pictures:
-        parts += ["<h2>Before and after</h2><table><tr><th>before</th><th>after</th></tr><tr>",
+        parts += ["<h2>Before and after</h2><table class='pics'><tr><th>before</th><th>after</th></tr><tr>",
                   *(f"<td>{_img(pictures[f'tracks_{n}.png'], n)}<br>{_video(pictures[f'tracks_{n}.mp4'])}</td>"
                     for n in ("before", "after")), "</tr></table>"]
     curve = os.path.join(eval_dir, "curve.png")
@@ -207,10 +214,14 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
                "label_yield": stats.get("yield"), "clips_over_budget": stats.get("clips_over_budget", 0),
                "train_steps": trained.get("step"), "crop": trained.get("crop"),
                "batch_size": int(config.train.batch_size), "stage_seconds": seconds,
-               "seconds": round(budget.seconds - budget.left(), 1) if budget.seconds != float("inf") else None,
+               "seconds": None,  # the wall time of the command, set below
                "budget_seconds": None if budget.seconds == float("inf") else budget.seconds}
     if not parallel.is_main_process():
         return summary
+    t0 = time.time()
+    pictures = _pictures(config, init, model_dir, result)
+    seconds["pictures"] = round(time.time() - t0, 1)
+    summary["seconds"] = round(time.time() - budget.start, 1)
     facts = [f"weights: {summary['weights']}", f"videos: {summary['videos']}",
              f"labelled {summary['labelled_samples']} samples, {100 * (summary['label_yield'] or 0):.1f} % of "
              f"estimates kept by the cycle check"
@@ -220,8 +231,7 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
              + (" (the steps the time budget held)" if trained.get("budget_steps") else ""),
              f"evaluated on {result['clips']} clips of {summary['eval']}",
              f"refined model: {summary['model']}" + (f" and {summary['pth']} (official layout)" if pth_path else ""),
-             "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())]
-    pictures = _pictures(config, init, model_dir, result)
+             "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f"; {summary['seconds']:.0f} in all"]
     write_html(os.path.join(req.out, "report.html"), "refine_jax: refinement report", facts, word, sentence,
                result, pictures, eval_dir)
     md_path = os.path.join(eval_dir, "report.md")

@@ -46,7 +46,11 @@ def resolve(config, workdir: str):
     return config
 
 
-def run(config, workdir: str) -> dict:
+# the stages that draw progress bars (and take progress=False to draw none)
+WITH_PROGRESS = frozenset({"label", "train", "eval"})
+
+
+def run(config, workdir: str, progress: bool = True) -> dict:
     """Run the configured stages in WORKDIR. With `label.rounds` = R > 1, a `label, train` pair
     runs R times: round k > 1 in WORKDIR/round<k>, labelling with the model of round k - 1; `eval`
     then compares the initial model with the last round's."""
@@ -77,8 +81,8 @@ def run(config, workdir: str) -> dict:
             for r in range(1, rounds + 1):
                 trained = paths.round_dir(workdir, r)
                 logging.info("round %d of %d: label and train in %s from %s", r, rounds, trained, init)
-                timed(f"label_round{r}", table["label"], config, trained, init=init)
-                out = timed(f"train_round{r}", table["train"], config, trained, init=init)
+                timed(f"label_round{r}", table["label"], config, trained, init=init, progress=progress)
+                out = timed(f"train_round{r}", table["train"], config, trained, init=init, progress=progress)
                 if out.get("preempted"):
                     summary["preempted"] = f"train_round{r}"
                     return summary
@@ -86,7 +90,8 @@ def run(config, workdir: str) -> dict:
             i += 2
             continue
         logging.info("stage %s", name)
-        timed(name, table[name], config, workdir, **({"trained": trained} if name == "eval" else {}))
+        timed(name, table[name], config, workdir, **({"trained": trained} if name == "eval" else {}),
+              **({"progress": progress} if name in WITH_PROGRESS else {}))
         # a training stage (pretrain, train, oracle) that saved on SIGTERM: the later stages would
         # read a model it has not written yet; rerunning the command resumes it
         if isinstance(summary[name], dict) and summary[name].get("preempted"):

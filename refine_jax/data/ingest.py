@@ -103,11 +103,14 @@ def _chosen_windows(src: str, clip_len: int, stride: int, max_clips: int) -> Opt
 
 
 def clips_of(src: str, clip_len: int, stride: int, size=None, max_side: int = 0,
-             max_clips: int = 0, min_side: int = 0) -> Iterator[Clip]:
+             max_clips: int = 0, min_side: int = 0, min_len: int = 0) -> Iterator[Clip]:
     """Clips of one source, each `clip_len` kept frames (every `stride`-th source frame), at `size`
-    or, with `max_side`, at the source's own size fitted by `fitted_size`. With `max_clips`, at most
-    that many windows, evenly spaced over the source and yielded in `spread_order`; only the kept
-    windows' frames are held in memory. Frames with a side below `min_side` are refused."""
+    or, with `max_side`, at the source's own size fitted by `fitted_size`. A last window (or a
+    whole source) shorter than that is kept when it has at least `min_len` frames (0: clip_len).
+    With `max_clips`, at most that many windows, evenly spaced over the source and yielded in
+    `spread_order`; only the kept windows' frames are held in memory. Frames with a side below
+    `min_side` are refused."""
+    min_len = min_len or clip_len
     fps = frames_lib.video_fps(src) if not fs.isdir(src) else 0.0
     vid = video_id_of(src)
     chosen = _chosen_windows(src, clip_len, stride, max_clips)
@@ -136,32 +139,33 @@ def clips_of(src: str, clip_len: int, stride: int, size=None, max_side: int = 0,
         if clip_len and len(buf) == clip_len:
             out.append(Clip(vid, np.stack(buf), clip_start=start, frame_stride=stride, fps=fps / stride))
             buf = []
-    if buf and not clip_len:
+    if buf and (not clip_len or len(buf) >= min_len):
         out.append(Clip(vid, np.stack(buf), clip_start=start, frame_stride=stride, fps=fps / stride))
     elif buf and out:
-        print(f"note: {src}: the last {len(buf)} kept frames do not fill a {clip_len}-frame clip "
+        print(f"note: {src}: the last {len(buf)} kept frames do not fill a {min_len}-frame clip "
               f"and are not written", file=sys.stderr)
     elif buf:
         raise frames_lib.FrameError(f"{src}: has {len(buf)} usable frame{'s' * (len(buf) != 1)}; "
-                                    f"a clip needs {clip_len}")
+                                    f"a clip needs {min_len}")
     yield from (out[j] for j in spread_order(len(out))) if chosen is not None else out
 
 
 def ingest(spec: str, out: str, clip_len: int = 0, stride: int = 1, size=None, fmt: str = "jpeg",
            max_shard_bytes: int = 256 << 20, progress: bool = True, max_side: int = 0,
-           max_clips: int = 0, min_side: int = 0) -> dict:
+           max_clips: int = 0, min_side: int = 0, min_len: int = 0) -> dict:
     """Write every decodable source as clips; returns the manifest (with `skipped` files).
-    `max_side`, `max_clips` and `min_side` as in `clips_of` (per source)."""
+    `max_side`, `max_clips`, `min_side` and `min_len` as in `clips_of` (per source)."""
     from tqdm import tqdm
     sources = find_sources(spec)
     skipped = []
     extra = {"source": spec, "clip_len": clip_len, "stride": stride,
              "size": list(size) if size else None, "max_side": max_side, "max_clips": max_clips,
+             "min_len": min_len or clip_len,
              "format": fmt}
     with ShardWriter(out, "video", max_shard_bytes, extra=extra) as writer:
         for src in tqdm(sources, desc="ingest", unit="video", disable=not progress):
             try:
-                clips = list(clips_of(src, clip_len, stride, size, max_side, max_clips, min_side))  # decoded before writing
+                clips = list(clips_of(src, clip_len, stride, size, max_side, max_clips, min_side, min_len))  # decoded before writing
             except frames_lib.FrameError as e:
                 print(f"warning: skipping {src}: {e}", file=sys.stderr)
                 skipped.append(src)
