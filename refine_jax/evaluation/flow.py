@@ -14,9 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from refine_jax import parallel
+from refine_jax.evaluation import proxies
 from refine_jax.evaluation.common import label_config
 from refine_jax.speed import bin_names, bin_of
 from refine_jax.settings import EvalConfig
+
+
+PROXY_KEYS = ("fb_auc", "fb_1px", "flow_mag", "kw_epe", "chain_err", "chain_rel")
 
 
 def flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str, known: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -96,17 +100,21 @@ def zero_flow_rows(labeler, frames: np.ndarray) -> List[Dict[str, float]]:
 
 
 def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
-    """{'model', 'baseline' (zero flow), 'bins' (pixel share per GT speed bin), 'example'} over
-    every consecutive pair of `clips` (this process's share; rows are gathered from all). EPE and
-    the px rates come from the clips with ground-truth flow; the label-free diagnostics (with
-    `eval.label_free`) from every clip, so footage without ground truth still gets a report."""
+    """{'model', 'baseline' (zero flow), 'bins' (pixel share per GT speed bin), 'example',
+    'proxy_rows' (per clip), 'source_rows' (per source clip)} over every consecutive pair of
+    `clips` (this process's share; rows are gathered from all). EPE and the px rates come from the
+    clips with ground-truth flow; the label-free diagnostics (with `eval.label_free`) and the
+    proxies (with `eval.proxies`; evaluation/proxies.py) from every clip, so footage without
+    ground truth still gets a report."""
     from refine_jax.labels.flow import FlowLabeler
     mesh = parallel.make_mesh(1, local=True)
     pad_mode = "sintel" if ec.pad_mode == "auto" else ec.pad_mode  # run() resolves 'auto'
     labeler = FlowLabeler(loaded.cfg, loaded.variables, label_config(config, ec.iters or 32, pad_mode), mesh)
-    rows, free, zero_free, example = [], [], [], None
+    rows, free, zero_free, proxy_rows, example = [], [], [], [], None
     for c in clips:
-        fw, valid, color = labeler.estimate(c.frames, f"frames of {c.video_id}")
+        fw, valid, color, fb = labeler.pairs(c.frames[:-1], c.frames[1:], f"frames of {c.video_id}")
+        if ec.proxies:
+            proxy_rows.append(proxies.clip_row(labeler, c, fw, fb))
         if ec.label_free:
             free += [label_free_row(v, col) for v, col in zip(valid, color)]
             zero_free += zero_flow_rows(labeler, c.frames)
@@ -116,15 +124,20 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
         example = fw[0] if example is None else example
     z = np.zeros((1, 1, 2))
     rows = parallel.gather_rows(rows, flow_row(z, z))
+    proxy_rows = parallel.gather_rows(proxy_rows, dict.fromkeys(PROXY_KEYS, 0.0)) if ec.proxies else []
+    source = (proxies.source_rows(labeler, *example.shape[:2], ec.source_clips)
+              if ec.proxies and ec.source_clips and example is not None else [])
     free_template = label_free_row(np.zeros((1, 1), bool), np.zeros((1, 1)))
     free, zero_free = parallel.gather_rows(free, free_template), parallel.gather_rows(zero_free, free_template)
     if not rows and not free:
         raise ValueError("no evaluation clip carries ground-truth flow and the label-free diagnostics are "
                          "off (eval.label_free): there is nothing to measure")
-    model = {**(flow_metrics(rows, "") if rows else {}), **(label_free_metrics(free) if free else {})}
+    model = {**(flow_metrics(rows, "") if rows else {}), **(label_free_metrics(free) if free else {}),
+             **proxies.means(proxy_rows), **proxies.means(source)}
     baseline = {**(flow_metrics(rows, "zero:") if rows else {}),
                 **(label_free_metrics(zero_free) if zero_free else {})}
     n = sum(r["pixels"] for r in rows)
     return {"model": model, "baseline": baseline,
             "bins": {name: sum(r[f"pixels@{name}"] for r in rows) / n for name in bin_names()} if n else {},
-            "gt_known": n / sum(r["all_pixels"] for r in rows) if rows else 0.0, "example": example}
+            "gt_known": n / sum(r["all_pixels"] for r in rows) if rows else 0.0, "example": example,
+            "proxy_rows": proxy_rows, "source_rows": source}

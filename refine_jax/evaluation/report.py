@@ -10,9 +10,13 @@ from typing import Optional
 import numpy as np
 
 from refine_jax import fs, viz
+from refine_jax.evaluation import proxies
 
 
-LOWER_IS_BETTER = ("epe", "fl", "ate", "mte", "photometric_error")
+LOWER_IS_BETTER = ("epe", "fl", "ate", "mte",
+                   *(k for k, lower in proxies.LOWER_IS_BETTER.items() if lower))
+# a scale to read other numbers against, neither better nor worse
+NO_DIRECTION = tuple(k for k, lower in proxies.LOWER_IS_BETTER.items() if lower is None)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -47,7 +51,7 @@ def json_safe(obj):
 
 
 def improved(metric: str, before: float, after: float) -> Optional[bool]:
-    if not (np.isfinite(before) and np.isfinite(after)) or after == before:
+    if metric in NO_DIRECTION or not (np.isfinite(before) and np.isfinite(after)) or after == before:
         return None
     return bool((after < before) == lower_is_better(metric))
 
@@ -99,6 +103,26 @@ def fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
 
 
+def verdict_section(r) -> list:
+    """report.md's lines on the label-free verdict, the guard's choice and the proxies' record."""
+    from refine_jax.evaluation import verdict as verdict_lib
+    v, ex = r["verdict"], r.get("exported") or {}
+    lines = ["## Did refinement help? (label-free verdict)", "",
+             f"**Verdict: {v['verdict']}.** " + (
+                 f"Exported: the **{ex.get('model')}** model ({ex.get('path')})" if ex else "")
+             + ("" if v.get("guard", True) else " - the guard is off, so the last training step is exported "
+                "whatever the verdict") + ".", ""]
+    lines += [f"- {line}" for line in v["because"]] + [""]
+    if r.get("proxy_changes"):
+        lines += ["| proxy | better | change % | 90 % interval | clips |", "|---|---|---|---|---|"]
+        for k, c in r["proxy_changes"].items():
+            lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {c['change']:+.2f} | "
+                         f"[{c['lo']:+.2f}, {c['hi']:+.2f}] | {c['clips']} |")
+        lines.append("")
+    lines += verdict_lib.record_lines()
+    return lines
+
+
 def write_markdown(out_dir, r):
     """report.md: a verdict, then every metric with its direction, the baseline and the oracle."""
     p, b, a = r["primary"], r["before"], r["after"]
@@ -137,10 +161,13 @@ def write_markdown(out_dir, r):
         ch = "" if av is None else f"{av - v:+.4f}"
         imp = {True: "yes", False: "**no**", None: ""}[r["improved"][k]] if a else ""
         orc = fmt(r["oracle"][k]) if r.get("oracle") else ""
-        lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {fmt(r['baseline'].get(k))} | "
+        better = "" if k in NO_DIRECTION else "lower" if lower_is_better(k) else "higher"
+        lines.append(f"| {k} | {better} | {fmt(r['baseline'].get(k))} | "
                      f"{fmt(v)} | {fmt(av)} | {ch} | {imp} | {orc} |")
     unit = "pixels" if r["kind"] == "flow" else "tracks"
     lines += [""]
+    if r.get("verdict"):
+        lines += verdict_section(r)
     if r["speed_bins"]:
         lines += [f"Share of {unit} per ground-truth speed bin ({'px' if unit == 'pixels' else 'px/frame'}): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in r["speed_bins"].items()) + ".", ""]

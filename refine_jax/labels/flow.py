@@ -34,10 +34,11 @@ def label_fn(cfg: RAFTConfig, iters: int, check: cycle.FlowCheck, mesh, pad_mode
         flows = unpad(out["flow_up"], lrtb).reshape(b, 2, *im1.shape[1:3], 2)  # a device keeps its pairs
         fw, bw = flows[:, 0], flows[:, 1]
         valid, cyc, color = cycle.flow_cycle_check(fw, bw, im1, im2, check)
-        return fw, valid, cyc, color
+        fb = jnp.sqrt(jnp.sum(jnp.square(fw + cycle.warp(bw, fw)), -1))  # forward-backward error, px
+        return fw, valid, cyc, color, fb
 
     b, r = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    return jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b, b))
+    return jax.jit(fn, in_shardings=(r, b, b), out_shardings=(b, b, b, b, b))
 
 
 class FlowLabeler:
@@ -58,17 +59,20 @@ class FlowLabeler:
     def estimate(self, frames: np.ndarray, what: str = "frames"):
         """Forward flow, label mask and colour error of every consecutive pair of uint8 frames
         (T, H, W, 3): (T-1, H, W, 2) px, (T-1, H, W) bool, (T-1, H, W) on the [-0.5, 0.5] scale."""
-        t, h, w = frames.shape[:3]
+        return self.pairs(frames[:-1], frames[1:], what)[:3]
+
+    def pairs(self, first: np.ndarray, second: np.ndarray, what: str = "frames"):
+        """(forward flow (N, H, W, 2) px, label mask (N, H, W), colour error (N, H, W) on the
+        [-0.5, 0.5] scale, forward-backward error (N, H, W) px) of the pairs first[k] -> second[k]
+        (uint8 (N, H, W, 3)), in batches of the labelling batch."""
+        n, h, w = first.shape[:3]
         check_image_size(h, w, what)
-        pairs = list(range(t - 1))
-        bs = parallel.padded_size(min(self.lc.batch, len(pairs)), self.mesh)
+        bs = parallel.padded_size(min(self.lc.batch, n), self.mesh)
         out = []
-        for k in range(0, len(pairs), bs):
-            idx = pairs[k:k + bs]
-            im1 = parallel.pad_batch(frames[idx], bs)
-            im2 = parallel.pad_batch(frames[[i + 1 for i in idx]], bs)
-            fw, valid, _, color = (np.asarray(x)[:len(idx)] for x in self.fn(self.variables, im1, im2))
-            out.append((fw, valid, color))
+        for k in range(0, n, bs):
+            im1, im2 = parallel.pad_batch(first[k:k + bs], bs), parallel.pad_batch(second[k:k + bs], bs)
+            fw, valid, _, color, fb = (np.asarray(x)[:min(bs, n - k)] for x in self.fn(self.variables, im1, im2))
+            out.append((fw, valid, color, fb))
         return tuple(np.concatenate(x) for x in zip(*out))
 
     def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
