@@ -12,7 +12,8 @@ The output folder (OUT):
   init/         the converted weights (a .pth input)
   videos/<k>/   the k-th non-shard video source as shards
   labels/ checkpoints/ tensorboard/ model/ eval/   as `main` writes them
-  refined.pth   the refined model in the official layout
+  exported/     the model the guard hands back (the refined one on a 'better' verdict, else the initial one)
+  refined.pth   that model in the official layout
   report.md, report.html, summary.json
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ REQUEST = "refine.json"
 STATE = ".refine_state.json"
 # a re-run may change these and resume: more steps train on, a new budget or evaluation set re-runs
 # what is left
-RESUMABLE = frozenset({"steps", "minutes", "eval", "eval_clips"})
+RESUMABLE = frozenset({"steps", "minutes", "eval", "eval_clips", "guard"})
 # shares of the time left that the label stage and the eval stage may take (the train stage gets
 # the rest, less EXPORT_S for the export and the report's pictures; eval also gets what training
 # leaves); eval runs two models (before and after) through the forward and backward passes that
@@ -59,6 +60,7 @@ class Request:
     eval_clips: int = 0            # clips evaluated; 0 = all (or what the budget holds)
     config: str = ""               # another config file
     overrides: Tuple[str, ...] = ()  # 'section.field=value', applied last
+    guard: str = "on"              # 'on': export the refined model only on a 'better' verdict
 
 
 class Budget:
@@ -82,6 +84,8 @@ def check_request(req: Request) -> None:
         raise ValueError("give --steps or --minutes, not both (--minutes sets the steps the time holds)")
     if req.steps < 0 or req.minutes < 0 or req.max_side < 0 or req.max_clips < 0:
         raise ValueError("--steps, --minutes, --max_side and --max_clips must not be negative")
+    if req.guard not in ("on", "off"):
+        raise ValueError(f"--guard must be 'on' or 'off', got {req.guard!r}")
     if not req.videos:
         raise ValueError("--videos is required: video files, a glob, frame folders or shard folders")
 
@@ -199,6 +203,7 @@ def build_config(req: Request, init: str, videos: str, model_cfg):
         tc.steps = steps
     if req.eval_clips:
         config.eval.max_clips = req.eval_clips
+    config.eval.guard = req.guard == "on"
     for text in req.overrides:
         apply_override(config, text)
     return config
@@ -294,7 +299,8 @@ def run(req: Request, progress: bool = True, start: Optional[float] = None) -> d
         config.eval.max_clips = min(n, config.eval.max_clips or n)
     result = stage("eval")["eval"]
     pth_path = os.path.join(req.out, "refined.pth")
-    if parallel.is_main_process() and not export_pth(paths.model(req.out), pth_path):
+    chosen = paths.exported(req.out) if fs.isdir(paths.exported(req.out)) else paths.model(req.out)
+    if parallel.is_main_process() and not export_pth(chosen, pth_path):
         pth_path = ""
     seconds["export"] = round(time.time() - budget.start - sum(seconds.values()), 1)
     summary = footage_report.write(req, config, init, result, manifest, trained, seconds,

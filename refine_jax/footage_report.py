@@ -31,6 +31,9 @@ def verdict(result: dict) -> tuple:
         return "cannot tell", "the refined model was not evaluated"
     change = a[p] - b[p]
     if not result.get("ground_truth", True):
+        v = result.get("verdict")
+        if v and v.get("rule"):
+            return v["verdict"], ("no ground truth; the label-free verdict from " + "; ".join(v["because"]))
         return "cannot tell", ("no ground truth: the label-free diagnostics (the share of estimates that "
                                f"pass the cycle check, {b[p]:.4f} before and {a[p]:.4f} after) are not a "
                                "verdict on accuracy; evaluate on footage with ground truth (--eval)")
@@ -201,6 +204,7 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
     writes; every process returns the summary."""
     word, sentence = verdict(result)
     model_dir = paths.model(req.out)
+    exported = result.get("exported") or {}
     eval_dir = paths.evaluation(req.out)
     stats = manifest.get("stats", {})
     summary = {"verdict": word, "verdict_reason": sentence, "primary": result["primary"],
@@ -214,6 +218,9 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
                "label_yield": stats.get("yield"), "clips_over_budget": stats.get("clips_over_budget", 0),
                "train_steps": trained.get("step"), "crop": trained.get("crop"),
                "batch_size": int(config.train.batch_size), "stage_seconds": seconds,
+               "label_free_verdict": (result.get("verdict") or {}).get("verdict"),
+               "exported": exported.get("model", "refined"),
+               "exported_model": exported.get("path", fs.abspath(model_dir)),
                "seconds": None,  # the wall time of the command, set below
                "budget_seconds": None if budget.seconds == float("inf") else budget.seconds}
     if not parallel.is_main_process():
@@ -230,7 +237,12 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
              + (f", {summary['crop'][0]}x{summary['crop'][1]} crops" if summary["crop"] else "")
              + (" (the steps the time budget held)" if trained.get("budget_steps") else ""),
              f"evaluated on {result['clips']} clips of {summary['eval']}",
-             f"refined model: {summary['model']}" + (f" and {summary['pth']} (official layout)" if pth_path else ""),
+             f"refined model (last step): {summary['model']}",
+             f"exported: the {summary['exported']} model, {summary['exported_model']}"
+             + (f" and {summary['pth']} (official layout)" if pth_path else "")
+             + (f" (label-free verdict: {summary['label_free_verdict']}; "
+                + ("the guard keeps the initial model unless it is 'better'" if config.eval.guard
+                   else "guard off: the last step regardless") + ")" if summary["label_free_verdict"] else ""),
              "seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f"; {summary['seconds']:.0f} in all"]
     write_html(os.path.join(req.out, "report.html"), "refine_jax: refinement report", facts, word, sentence,
                result, pictures, eval_dir)

@@ -66,6 +66,9 @@ def main(argv):
                          f"{ev['baseline'][p]:.4f}" + (f", oracle {ev['oracle'][p]:.4f}" if ev.get("oracle") else ""))
         print(("" if ev.get("ground_truth", True) else "no ground truth, label-free diagnostics only: ")
               + "; ".join(lines) + f" (report: {os.path.join(workdir, 'eval', 'report.md')})")
+        if ev.get("exported"):
+            print(f"label-free verdict: {ev['verdict']['verdict']}; exported the {ev['exported']['model']} "
+                  f"model to {ev['exported']['path']}")
     else:
         print(json.dumps({k: (v if isinstance(v, (int, float, str)) else "done") for k, v in summary.items()}))
 

@@ -4,7 +4,9 @@
     labels/          the label stage's shards and manifest.json (label.out names another folder)
     checkpoints/     the train stage's Orbax checkpoints (resume, the metric curve)
     tensorboard/     training metrics
-    model/           the refined model, exported by the train stage
+    model/           the refined model, exported by the train stage (its last step)
+    exported/        the model the eval stage's guard hands back: the refined one when the verdict
+                     is 'better' (or eval.guard is off), else the initial one
     oracle/          the oracle stage: the same training on ground truth (checkpoints/, model/)
     eval/            metrics.json, report.md and the figures
     round<k>/        with label.rounds > 1: round k's labels, checkpoints and model
@@ -32,6 +34,11 @@ def tensorboard(workdir: str) -> str:
 def model(workdir: str) -> str:
     """The model a training stage exported in WORKDIR."""
     return os.path.join(workdir, "model")
+
+
+def exported(workdir: str) -> str:
+    """The model the eval stage's guard chose (evaluation/verdict.py)."""
+    return os.path.join(workdir, "exported")
 
 
 def oracle(workdir: str) -> str:

@@ -18,8 +18,11 @@
 --max_side frames are scaled so that their longer side is at most this (default 512; 0 = native),
            sides rounded to multiples of 8; --max_clips windows per video, evenly spaced (64)
 --set section.field=value   any config field (repeatable), e.g. --set=label.iters=32
+--guard    on (default): the label-free verdict (better / worse / cannot tell) decides what is
+           exported - the refined model only when 'better', else the initial one; off: the last step
 
-Writes OUT/model (Flax), OUT/refined.pth (official layout), OUT/report.html (pictures inlined),
+Writes OUT/model (Flax, the last step), OUT/exported (what the guard hands back), OUT/refined.pth
+(the exported model in the official layout), OUT/report.html (pictures inlined),
 OUT/report.md and OUT/summary.json. Errors print one line and exit 2 (--debug: the traceback).
 Multi-host: the same command on every host with --coordinator, --num_processes, --process_id.
 """
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_processes", type=int, default=None)
     p.add_argument("--process_id", type=int, default=None)
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--guard", default="on", choices=("on", "off"),
+                   help="on: export the refined model only when the label-free verdict is 'better', else the initial one")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -67,7 +72,7 @@ def main(argv) -> int:
     req = footage.Request(videos=a.videos, out=a.out, weights=a.weights, arch=a.arch, eval=a.eval,
                           steps=a.steps, minutes=a.minutes, preset=a.preset, max_side=a.max_side,
                           max_clips=a.max_clips, eval_clips=a.eval_clips, config=a.config,
-                          overrides=tuple(a.overrides))
+                          overrides=tuple(a.overrides), guard=a.guard)
     footage.check_request(req)
     if parallel.is_main_process():
         with lock.WorkdirLock(a.out):

@@ -31,6 +31,18 @@ def test_runlocal_all_stages(config, tmp_path):
     report = (wd / "eval" / "report.md").read_text()
     assert "| metric | better | baseline | before | after | change | improved | oracle |" in report
     assert len(m["curve"]) >= 2
+    # the verdict and the guard: WORKDIR/exported is the refined model only on 'better'
+    assert m["verdict"]["verdict"] in ("better", "worse", "cannot tell")
+    assert m["exported"]["model"] == ("refined" if m["verdict"]["verdict"] == "better" else "initial")
+    exported = json.loads((wd / "exported" / "model.json").read_text())["provenance"]
+    assert exported["exported"] == m["exported"]["model"] and exported["verdict"] == m["verdict"]["verdict"]
+    assert m["exported"]["metrics"] == m["after" if m["exported"]["model"] == "refined" else "before"]
+    assert "label-free verdict: " in proc.stdout
+    if config == "raft":
+        assert {"kw_epe", "fb_auc", "fb_1px", "chain_err", "source_epe"} <= set(m["proxy_changes"])
+        assert "## Did refinement help? (label-free verdict)" in report
+    else:  # no track proxies yet: the guard keeps the initial model
+        assert m["verdict"]["verdict"] == "cannot tell" and m["exported"]["model"] == "initial"
     prov = json.loads((wd / "pretrain" / "model" / "model.json").read_text())["provenance"]
     assert "source_metrics" in prov and "recipe" in prov
     assert os.listdir(wd / "tensorboard")

@@ -56,14 +56,19 @@ def test_refine_mp4_with_ground_truth_end_to_end(footage_with_truth, tmp_path, c
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 1 and "<table>" in page and "src=\"file" not in page
 
-    # the exported .pth is the official layout and holds the refined model's weights exactly
+    # the guard: the label-free verdict decides what is exported (the refined model only on 'better')
+    v, ex = metrics["verdict"], metrics["exported"]
+    assert v["verdict"] in ("better", "worse", "cannot tell") and v["guard"] is True and v["because"]
+    assert ex["model"] == ("refined" if v["verdict"] == "better" else "initial")
+    assert summary["exported"] == ex["model"] and summary["label_free_verdict"] == v["verdict"]
+    assert {"kw_epe", "fb_auc", "chain_err", "source_epe"} <= set(metrics["proxy_changes"])
+    assert "## Did refinement help? (label-free verdict)" in report_md
+    # the exported .pth is the official layout and holds the exported model's weights exactly
     state = torch.load(str(out / "refined.pth"), map_location="cpu", weights_only=True)
     assert set(state) == golden.official_keys("raft_small")
-    refined = checkpoints.load_model(str(out / "model"))
-    cfg, variables, _ = pth.convert_file(str(out / "refined.pth"))
-    assert cfg == refined.cfg
-    for a, b in zip(*(jax_leaves(v) for v in (variables, refined.variables))):
-        np.testing.assert_array_equal(a, b)
+    chosen = checkpoints.load_model(str(out / ("model" if ex["model"] == "refined" else "init")))
+    assert_same_weights(str(out / "refined.pth"), chosen)
+    assert_same_weights(str(out / "refined.pth"), checkpoints.load_model(str(out / "exported")))
     assert (out / "init" / "model.json").exists()  # converted once, strictly
 
     # the same command again resumes: nothing relabelled, retrained or exported again
@@ -72,11 +77,24 @@ def test_refine_mp4_with_ground_truth_end_to_end(footage_with_truth, tmp_path, c
     before = stamps()
     assert refine.main(args) == 0
     assert stamps() == before and json.loads((out / "summary.json").read_text())["train_steps"] == 2
+    # --guard=off exports the last step whatever the verdict (a re-run: only eval and export again)
+    assert refine.main(args + ["--guard=off"]) == 0
+    assert stamps() == before
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["exported"]["model"] == "refined" and metrics["verdict"]["guard"] is False
+    assert_same_weights(str(out / "refined.pth"), checkpoints.load_model(str(out / "model")))
     # another setting is refused, by name
     capsys.readouterr()
     assert refine.main(args + ["--max_side=256"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_side: 512 then, 256 now" in err[0]
+
+
+def assert_same_weights(pth_path, loaded):
+    cfg, variables, _ = pth.convert_file(pth_path)
+    assert cfg == loaded.cfg
+    for a, b in zip(*(jax_leaves(v) for v in (variables, loaded.variables))):
+        np.testing.assert_array_equal(a, b)
 
 
 def jax_leaves(tree):

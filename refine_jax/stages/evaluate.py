@@ -21,6 +21,12 @@ baseline. On clips without ground truth they are all the report holds (primary: 
 Label precision comes from the label manifest: yield and the GT error of kept labels against all
 estimates, overall and per speed bin.
 
+RAFT also gets the label-free proxies (evaluation/proxies.py) per clip, their paired changes with
+bootstrap intervals, and a verdict from them (evaluation/verdict.py: better / worse / cannot tell);
+the guard saves WORKDIR/exported: the refined model only on 'better' (or with eval.guard off),
+else the initial one. metrics.json keeps 'after' (the last refined step) and adds 'verdict' and
+'exported' (which model, and its metrics).
+
 Writes WORKDIR/eval/metrics.json, report.md (every metric with its direction and whether it
 improved) and PNG figures.
 """
@@ -119,6 +125,36 @@ def _check_not_unfinished(model_dir: str, name: str) -> None:
                          f"without exporting its model to {model_dir}; rerun its stage to finish it")
 
 
+def judge(m_before: dict, m_after: dict, ec: EvalConfig) -> dict:
+    """The proxies' paired changes and the verdict (evaluation/verdict.py) from the per-clip rows
+    of two measurements: {'proxy_changes', 'verdict'}."""
+    from refine_jax.evaluation import verdict
+    ch = {**verdict.changes(m_before.get("proxy_rows", []), m_after.get("proxy_rows", [])),
+          **verdict.changes(m_before.get("source_rows", []), m_after.get("source_rows", []))}
+    if not ch:
+        v = {"verdict": "cannot tell", "because": ["no label-free proxy was measured (eval.proxies is off, "
+                                                   "or the task has none: tracks)"], "rule": None}
+    else:
+        v = verdict.decide(ch)
+    v["guard"] = ec.guard
+    return {"proxy_changes": ch, "verdict": v}
+
+
+def export(workdir: str, result: dict, before, refined, init_path: str) -> dict:
+    """Save the model the guard hands back to WORKDIR/exported (the refined one when the verdict
+    is 'better' or the guard is off, else the initial one) and say which, with its metrics."""
+    from refine_jax.evaluation import verdict
+    v = result["verdict"]
+    which = verdict.exported_model(v["verdict"], v["guard"])
+    chosen = refined if which == "refined" else before
+    source = result["model_after"] if which == "refined" else fs.abspath(init_path)
+    provenance = {"exported_by": "refine_jax eval stage guard", "exported": which, "from": source,
+                  "verdict": v["verdict"], "because": v["because"], "guard": v["guard"]}
+    checkpoints.save_model(paths.exported(workdir), chosen.cfg, chosen.variables, provenance, replace=True)
+    return {"model": which, "path": fs.abspath(paths.exported(workdir)), "from": source,
+            "metrics": result["after"] if which == "refined" else result["before"]}
+
+
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
         trained: Optional[str] = None) -> dict:
     """Evaluate `init` (default config.init), the refined model in TRAINED/model (default
@@ -157,12 +193,16 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               "ground_truth": has_gt, "kind": task.kind,
               "pad_mode": ec.pad_mode if is_flow else None}
     examples = {"before": m_before["example"]}
+    refined = None
     for name, folder in rows:
         if not fs.isdir(folder):
             continue
         loaded = checkpoints.load_model(folder, config.get("runtime"))
         m = measure(loaded, bar(name), ec, config)
         result[name], result[f"model_{name}"], examples[name] = m["model"], fs.abspath(folder), m["example"]
+        if name == "after":
+            refined = loaded
+            result.update(judge(m_before, m, ec))
         if name == "after" and ec.curve:
             for step, v in _checkpoint_variables(trained):
                 curve_ec = dataclasses.replace(ec, label_free=not has_gt)  # only what the primary needs
@@ -171,6 +211,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     result["curve"].sort()
     if result["after"]:
         result["improved"] = {k: report.improved(k, v, result["after"][k]) for k, v in result["before"].items()}
+        result["exported"] = export(workdir, result, before, refined, init or config.init)
     if parallel.is_main_process():
         fs.write_json_atomic(os.path.join(out_dir, "metrics.json"), report.json_safe(result))
         report.curve_figure(out_dir, result)
