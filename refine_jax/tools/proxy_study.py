@@ -1,0 +1,267 @@
+"""How well does each label-free proxy predict the ground-truth change? And the verdict?
+
+  python -m refine_jax.tools.proxy_study --studies=runs/study_raft [--out=docs/verdict] [--install]
+
+Reads every finished cell (WORKDIR/<shift>_<severity>/seed<seed>/eval/metrics.json) of the shift
+studies given (refine_jax.tools.study, run with the proxies on), and per cell the ground-truth
+metric's change from before to after refinement beside each proxy's (evaluation/proxies.py). Per
+proxy: sign agreement (all cells, and those whose ground-truth change is at least 1 %), Spearman's
+rank correlation with a bootstrap interval over cells, and ROC-AUC for 'helped by more than 1 %'.
+
+The verdict rule (evaluation/verdict.py: deciding proxies, margin, drift tolerance) is chosen by
+leave-one-shift-out cross-validation: for each shift, the candidate rule with the best guard
+utility on the other shifts' cells is scored on this shift's cells. Reported: the verdict's sign
+agreement over the cells with a ground-truth change of at least 1 % (a 'cannot tell' counts as a
+miss; also the share decided), and the guard: the mean change of the exported model (refined on
+'better', else the initial model, change 0) against always exporting the refined one, and the
+worst cell. Writes OUT.md, OUT.json and OUT.png (scatter of each proxy's gain against the
+ground-truth gain); --install also writes the record the reports quote
+(refine_jax/evaluation/proxy_record.json) with the rule chosen on all cells.
+"""
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import re
+from typing import Dict, List, Optional
+
+import numpy as np
+from absl import flags
+
+from refine_jax import fs
+from refine_jax.evaluation import verdict as verdict_lib
+from refine_jax.evaluation.proxies import LOWER_IS_BETTER
+
+# candidates: single proxies and pairs, margins (% gain), drift tolerances (% loss; inf = ignored)
+DECIDING = ("kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "cycle_pass", "photometric_error")
+MARGINS = (0.0, 0.5, 1.0, 2.0, 5.0)
+DRIFT_TOLERANCES = (float("inf"), 5.0, 2.0)
+HARM = 1.0  # % : a cell whose exported model is worse than this counts as harmed
+HARM_WEIGHT = 5.0
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("studies", None, "shift study folders")
+    flags.DEFINE_string("out", "docs/verdict", "output path without extension")
+    flags.DEFINE_bool("install", False, "also write refine_jax/evaluation/proxy_record.json")
+
+
+CELL = re.compile(r"(?P<shift>[a-z_]+)_(?P<sev>[\d.]+)/seed(?P<seed>\d+)/eval/metrics\.json$")
+
+
+def read_cells(studies: List[str]) -> List[dict]:
+    """One dict per finished cell with its proxies: {'shift', 'severity', 'seed', 'gt_change'
+    (percent), 'changes' {proxy: {'change', 'lo', 'hi'}}, 'metric'}."""
+    out = []
+    for root in studies:
+        for path in sorted(glob.glob(os.path.join(root, "*", "seed*", "eval", "metrics.json"))):
+            m = CELL.search(path.replace(os.sep, "/"))
+            r = fs.read_json(path)
+            if not m or not r.get("after") or not r.get("proxy_changes"):
+                continue
+            p = r["primary"]
+            b, a = r["before"][p], r["after"][p]
+            ch = {k: v for k, v in r["proxy_changes"].items() if v.get("change") is not None}
+            for k in ("cycle_pass", "photometric_error"):  # aggregates: no interval
+                if r["before"].get(k) and r["after"].get(k) is not None:
+                    c = 100.0 * (r["after"][k] - r["before"][k]) / r["before"][k]
+                    ch[k] = {"change": c, "lo": c, "hi": c, "clips": r["clips"]}
+            out.append({"shift": m["shift"], "severity": float(m["sev"]), "seed": int(m["seed"]), "study": root,
+                        "metric": p, "lower_is_better": r["lower_is_better"],
+                        "gt_change": 100.0 * (a - b) / b, "changes": ch})
+    return out
+
+
+def gt_gain(cell: dict) -> float:
+    """The ground-truth change signed so that positive is better (percent)."""
+    return -cell["gt_change"] if cell["lower_is_better"] else cell["gt_change"]
+
+
+def proxy_gain(cell: dict, name: str) -> float:
+    c = cell["changes"].get(name)
+    return verdict_lib.gain(name, c)[0] if c else float("nan")
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN under 3 points or a constant side."""
+    from scipy import stats
+    if len(x) < 3:
+        return float("nan")
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC-AUC of `score` for the boolean `positive` (ties count half); NaN with one class."""
+    pos, neg = score[positive], score[~positive]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
+def proxy_table(cells: List[dict], seed: int = 0) -> Dict[str, dict]:
+    names = sorted({k for c in cells for k in c["changes"] if LOWER_IS_BETTER.get(k) is not None})
+    g = np.array([gt_gain(c) for c in cells])
+    big = np.abs(g) >= 1.0
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in names:
+        x = np.array([proxy_gain(c, name) for c in cells])
+        ok = np.isfinite(x)
+        xs, gs = x[ok], g[ok]
+        boots = []
+        for _ in range(1000):
+            i = rng.integers(0, len(xs), len(xs))
+            boots.append(spearman(xs[i], gs[i]))
+        boots = np.array(boots)
+        lo, hi = np.quantile(boots[np.isfinite(boots)], [0.05, 0.95]) if np.isfinite(boots).any() else (np.nan, np.nan)
+        agree = np.sign(xs) == np.sign(gs)
+        out[name] = {"cells": int(ok.sum()), "sign_agreement": float(agree.mean()) if len(xs) else float("nan"),
+                     "sign_agreement_1pct": float(agree[big[ok]].mean()) if big[ok].any() else float("nan"),
+                     "spearman": spearman(xs, gs), "spearman_lo": float(lo), "spearman_hi": float(hi),
+                     "auc": auc(xs, gs > 1.0)}
+    return out
+
+
+def candidate_rules() -> List[verdict_lib.Rule]:
+    sets = [(p,) for p in DECIDING] + list(itertools.combinations(DECIDING, 2))
+    return [verdict_lib.Rule(proxies=s, margin=m, drift="source_epe" if np.isfinite(t) else "",
+                             drift_tolerance=t if np.isfinite(t) else 0.0)
+            for s in sets for m in MARGINS for t in DRIFT_TOLERANCES]
+
+
+def apply(rule: verdict_lib.Rule, cells: List[dict]) -> List[str]:
+    return [verdict_lib.decide(c["changes"], rule)["verdict"] for c in cells]
+
+
+def utility(verdicts: List[str], cells: List[dict]) -> float:
+    """The guard's worth on `cells`: the mean ground-truth gain of the exported model (the refined
+    one on 'better', else the initial one, gain 0), less HARM_WEIGHT per cell made worse than HARM %."""
+    gains = np.array([gt_gain(c) if v == "better" else 0.0 for v, c in zip(verdicts, cells)])
+    return float(gains.mean() - HARM_WEIGHT * np.mean(gains < -HARM))
+
+
+def best_rule(cells: List[dict]) -> verdict_lib.Rule:
+    """The candidate with the best utility on `cells` (ties: the first, i.e. the simplest)."""
+    scored = [(utility(apply(r, cells), cells), -k, r) for k, r in enumerate(candidate_rules())]
+    return max(scored, key=lambda t: (t[0], t[1]))[2]
+
+
+def leave_one_shift_out(cells: List[dict]) -> dict:
+    """Each shift's cells judged by the rule chosen on the other shifts' cells."""
+    verdicts: List[Optional[str]] = [None] * len(cells)
+    chosen = {}
+    for shift in sorted({c["shift"] for c in cells}):
+        train = [c for c in cells if c["shift"] != shift]
+        rule = best_rule(train) if train else verdict_lib.RULE
+        chosen[shift] = rule
+        for i, c in enumerate(cells):
+            if c["shift"] == shift:
+                verdicts[i] = verdict_lib.decide(c["changes"], rule)["verdict"]
+    return {"verdicts": verdicts, "rules": chosen}
+
+
+def score(verdicts: List[str], cells: List[dict]) -> dict:
+    g = np.array([gt_gain(c) for c in cells])
+    big = np.abs(g) >= 1.0
+    right = np.array([(v == "better" and x > 0) or (v == "worse" and x < 0) for v, x in zip(verdicts, g)])
+    decided = np.array([v != "cannot tell" for v in verdicts])
+    exported = np.where([v == "better" for v in verdicts], g, 0.0)
+    return {"cells": len(cells), "cells_1pct": int(big.sum()),
+            "agreement_1pct": float(right[big].mean()) if big.any() else float("nan"),
+            "agreement_decided_1pct": float(right[big & decided].mean()) if (big & decided).any() else float("nan"),
+            "decided_1pct": float(decided[big].mean()) if big.any() else float("nan"),
+            "counts": {k: int(sum(v == k for v in verdicts)) for k in ("better", "worse", "cannot tell")},
+            # changes (percent, lower is better for the metric) of what is handed back
+            "mean_change_refined": float(np.mean(-g)), "mean_change_exported": float(np.mean(-exported)),
+            "worst_change_refined": float(np.max(-g)), "worst_change_exported": float(np.max(-exported))}
+
+
+def summary_line(s: dict) -> str:
+    return (f"sign agreement {100 * s['agreement_1pct']:.0f} % over the {s['cells_1pct']} cells whose "
+            f"ground-truth change is >= 1 % ('cannot tell' a miss; {100 * s['decided_1pct']:.0f} % decided, "
+            f"{100 * s['agreement_decided_1pct']:.0f} % of those right); exported model: mean change "
+            f"{s['mean_change_exported']:+.2f} % (always refined: {s['mean_change_refined']:+.2f} %), worst cell "
+            f"{s['worst_change_exported']:+.2f} % (always refined: {s['worst_change_refined']:+.2f} %)")
+
+
+def scatter(cells: List[dict], names: List[str], path: str) -> None:
+    import io
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), squeeze=False)
+    g = np.array([gt_gain(c) for c in cells])
+    for ax, name in zip(axes.ravel(), names):
+        x = np.array([proxy_gain(c, name) for c in cells])
+        ax.scatter(x, g, s=12)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel(f"{name} gain %", fontsize=8)
+        ax.set_ylabel("ground-truth gain %", fontsize=8)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    fs.write_bytes_atomic(path, buf.getvalue())
+    plt.close(fig)
+
+
+def report(cells: List[dict]) -> dict:
+    table = proxy_table(cells)
+    loso = leave_one_shift_out(cells)
+    final = best_rule(cells)
+    return {"cells": len(cells), "proxies": table, "loso": score(loso["verdicts"], cells),
+            "loso_rules": {k: r.__dict__ for k, r in loso["rules"].items()},
+            "fixed_rule": score(apply(verdict_lib.RULE, cells), cells),
+            "chosen_rule": final.__dict__, "per_cell": [
+                {"shift": c["shift"], "severity": c["severity"], "seed": c["seed"], "gt_change": c["gt_change"],
+                 "loso_verdict": v, **{k: proxy_gain(c, k) for k in table}} for c, v in zip(cells, loso["verdicts"])]}
+
+
+def markdown(rep: dict) -> str:
+    lines = ["| proxy | cells | sign agreement | sign agreement (GT change >= 1 %) | Spearman [90 %] | AUC (helped > 1 %) |",
+             "|---|---|---|---|---|---|"]
+    for name, p in rep["proxies"].items():
+        lines.append(f"| {name} | {p['cells']} | {p['sign_agreement']:.2f} | {p['sign_agreement_1pct']:.2f} | "
+                     f"{p['spearman']:+.2f} [{p['spearman_lo']:+.2f}, {p['spearman_hi']:+.2f}] | {p['auc']:.2f} |")
+    lines += ["", f"Verdict, leave-one-shift-out: {summary_line(rep['loso'])}.", "",
+              f"Verdict with the installed rule {verdict_lib.RULE} (chosen earlier, so not held out): "
+              f"{summary_line(rep['fixed_rule'])}.", "",
+              f"Rule chosen on all cells: {rep['chosen_rule']}.", "",
+              "| shift | severity | seed | GT change % | LOSO verdict |", "|---|---|---|---|---|"]
+    for c in rep["per_cell"]:
+        lines.append(f"| {c['shift']} | {c['severity']:g} | {c['seed']} | {c['gt_change']:+.2f} | {c['loso_verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    cells = read_cells(f.studies)
+    if not cells:
+        raise SystemExit(f"no finished cell with proxies under {', '.join(f.studies)}")
+    rep = report(cells)
+    text = markdown(rep)
+    print(text)
+    fs.write_text_atomic(f.out + ".md", text)
+    fs.write_json_atomic(f.out + ".json", rep)
+    scatter(cells, list(rep["proxies"]), f.out + ".png")
+    if f.install:
+        record = {"study": ", ".join(os.path.basename(s.rstrip("/")) for s in f.studies), "cells": rep["cells"],
+                  "proxies": rep["proxies"], "rule": rep["chosen_rule"],
+                  "verdict": {"summary": summary_line(rep["loso"]), **rep["loso"]}}
+        fs.write_json_atomic(verdict_lib.RECORD, json.loads(json.dumps(record)))
+
+
+if __name__ == "__main__":
+    from refine_jax import cli
+    define_flags()
+    cli.absl_run(main, required=["studies"])
