@@ -2,6 +2,8 @@
 
   python -m refine_jax.tools.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
   python -m refine_jax.tools.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
+  python -m refine_jax.tools.bench train --arch=raft|raft_small [--batch=2] [--train_size=256,320]
+      [--official=PATH_TO_princeton-vl/RAFT]   (one optimiser step of the reference recipe, side by side)
   python -m refine_jax.tools.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
   (raft, pips, large: --precision=highest|bf16)
   python -m refine_jax.tools.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
@@ -90,6 +92,86 @@ def bench_raft(repeats: int, official: str = "", precision: str = "highest") -> 
                                   repeats=repeats)
             diff = float(np.abs(np.asarray(fn(variables, im1, im2)) - out).max())
         _report(f"RAFT large 368x496, {iters} iters, {precision}", *timing, ref, diff)
+
+
+def _train_inputs(batch: int, size, seed: int = 0):
+    """A training batch of random pairs with a smooth random flow label (valid everywhere):
+    {'frames' (B, 2, H, W, 3) uint8, 'flow' (B, 1, H, W, 2), 'flow_valid' (B, 1, H, W)}."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    frames = rng.integers(0, 256, (batch, 2, h, w, 3), dtype=np.uint8)
+    coarse = rng.normal(0, 4, (batch, 1, h // 32, w // 32, 2)).astype(np.float32)
+    flow = np.repeat(np.repeat(coarse, 32, axis=2), 32, axis=3)
+    return {"frames": frames, "flow": flow, "flow_valid": np.ones((batch, 1, h, w), np.float32)}
+
+
+def train_config(arch: str, batch: int):
+    """The reference refinement recipe's step (RAFT: 32 iterations, gamma 0.85, clip 5, lr 1e-4,
+    weight decay 1e-4, batch statistics) as our TrainConfig, with a constant learning rate (the
+    official loop's scheduler is left out of both sides)."""
+    from refine_jax.settings import TrainConfig
+    return TrainConfig(steps=10, batch_size=batch, lr=1e-4, schedule="constant", weight_decay=1e-4, clip=5.0,
+                       iters=32, gamma=0.85, mask_mode="per_sample", freeze_bn=False)
+
+
+def bench_train(arch: str, repeats: int, official: str = "", precision: str = "highest", batch: int = 2,
+                size: str = "256,320") -> None:
+    """One optimiser step (training forward, sequence loss, backward, clipping, AdamW) of RAFT or
+    RAFT-small on the same batch and weights: ours (jitted, donated) against the official
+    model's training loop in PyTorch (float32; with --precision=bf16 under bfloat16 autocast).
+    Printed: compile, median seconds per step, the ratio, and the first step's loss and gradient
+    norm on both sides (the same computation is being timed)."""
+    from refine_jax import checkpoints, parallel
+    from refine_jax.models.raft import RAFTConfig
+    from refine_jax.tools import official as official_lib
+    from refine_jax.train import trainer
+
+    if arch not in ("raft", "raft_small"):
+        raise ValueError(f"bench train: --arch must be raft or raft_small, not {arch!r}")
+    hw = tuple(int(v) for v in size.split(","))
+    cfg = RAFTConfig(small=arch == "raft_small", precision=precision)
+    tc = train_config(arch, batch)
+    variables = jax.device_get(checkpoints.init_variables(cfg, seed=0))
+    batch_np = _train_inputs(batch, hw)
+    mesh = parallel.make_mesh(1)
+    tx = trainer.make_optimizer(tc)
+    step = trainer.make_train_step(cfg, tc, tx, mesh, freeze_bn=tc.freeze_bn)
+    # placed as the step returns it, so the second step does not compile again
+    state = parallel.put(trainer.initial_state(variables, tx, 0), parallel.replicated(mesh))
+    t0 = time.perf_counter()
+    state, first = step(state, batch_np)
+    first = jax.device_get(first)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, m = step(state, batch_np)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, 32 iters, {precision}"
+    line = (f"{name:<44} compile+first {compile_s:6.1f} s | ours {median:6.2f} s/step "
+            f"({', '.join(f'{t:.2f}' for t in times)}) | first loss {float(first['loss']):.6f}, "
+            f"grad norm {float(first['grad_norm']):.6f}")
+    if official:
+        ref = official_lib.raft_train_step(official, cfg, variables, tc.iters, tc.gamma, tc.clip, tc.lr,
+                                           tc.weight_decay, bf16=precision == "bf16")
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+        f = batch_np["frames"]
+        args = (f[:, 0], f[:, 1], batch_np["flow"][:, 0], batch_np["flow_valid"][:, 0])
+        loss, norm = ref(*args)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ref(*args)
+            ts.append(time.perf_counter() - t0)
+        med = statistics.median(ts)
+        line += (f" | official PyTorch{' bf16 autocast' if precision == 'bf16' else ''} {med:6.2f} s/step "
+                 f"({', '.join(f'{t:.2f}' for t in ts)}), first loss {loss:.6f}, grad norm {norm:.6f} | "
+                 f"ratio ours/official {median / med:.2f} | loss differs by {abs(loss - float(first['loss'])):.2e}, "
+                 f"grad norm by {abs(norm - float(first['grad_norm'])):.2e}")
+    print(line, flush=True)
 
 
 def bench_large(size: str, corr: str, precision: str) -> None:
@@ -237,7 +319,7 @@ def bench_tpu(args) -> int:
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m refine_jax.tools.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("raft", "pips", "large", "data", "label", "tpu"))
+    p.add_argument("what", choices=("raft", "pips", "train", "large", "data", "label", "tpu"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--official", default="", help="raft, pips: a checkout of the official code to time beside ours")
     p.add_argument("--precision", default="highest", choices=("highest", "bf16"), help="raft, pips, large")
@@ -245,19 +327,23 @@ def main(argv) -> int:
     p.add_argument("--large_size", default="1080,1920", help="large: H,W")
     p.add_argument("--topology", default="v5e:2x4", help="tpu: a Cloud TPU topology, e.g. v4:2x2x1, v5e:4x4")
     p.add_argument("--config", default="configs/raft.py:sintel", help="tpu: config file[:preset]")
-    p.add_argument("--arch", default="", help="tpu: raft | raft_small | pips (default from the config file)")
+    p.add_argument("--arch", default="", help="tpu, train: raft | raft_small | pips (tpu: default from the config file; train: raft)")
     p.add_argument("--size", default="", help="tpu: H,W of the data frames (default per preset)")
     p.add_argument("--steps", default="train,label,eval", help="tpu: which steps to compile")
+    p.add_argument("--batch", type=int, default=2, help="train: pairs per step")
+    p.add_argument("--train_size", default="256,320", help="train: H,W of the pairs")
     args = p.parse_args(argv)
     if args.what == "tpu":
         return bench_tpu(args)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
     if args.what in ("raft", "pips"):
         {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official, args.precision)
+    elif args.what == "train":
+        bench_train(args.arch or "raft", args.repeats, args.official, args.precision, args.batch, args.train_size)
     elif args.what == "large":
         bench_large(args.large_size, args.corr, args.precision)
     elif args.official:
-        raise ValueError(f"--official: only 'raft' and 'pips' time the official code, not {args.what!r}")
+        raise ValueError(f"--official: only 'raft', 'pips' and 'train' time the official code, not {args.what!r}")
     else:
         {"data": bench_data, "label": bench_label}[args.what](args.repeats)
     return 0

@@ -56,16 +56,22 @@ def _state_dict(variables, cfg):
             for k, v in pth.variables_to_state_dict(variables, cfg).items()}
 
 
-def raft(path: str, cfg, variables, iters: int):
-    """A function (image1, image2) -> flow (B, H, W, 2) numpy of the official RAFT on `variables`;
-    images (B, H, W, 3) numpy in [0, 255], sides multiples of 8."""
-    import torch
+def _raft_model(path: str, cfg, variables):
+    """The official RAFT module of the checkout at `path` holding `variables`."""
     root = _check_checkout(path, "core/raft.py", "princeton-vl/RAFT")
     with isolated_path(os.path.join(root, "core")):
         module = importlib.import_module("raft")
         args = argparse.Namespace(small=cfg.small, mixed_precision=False, alternate_corr=False, dropout=0.0)
         model = module.RAFT(args)
     model.load_state_dict(_state_dict(variables, cfg))
+    return model
+
+
+def raft(path: str, cfg, variables, iters: int):
+    """A function (image1, image2) -> flow (B, H, W, 2) numpy of the official RAFT on `variables`;
+    images (B, H, W, 3) numpy in [0, 255], sides multiples of 8."""
+    import torch
+    model = _raft_model(path, cfg, variables)
     model.eval()
 
     def run(image1, image2):
@@ -113,3 +119,36 @@ def pips(path: str, cfg, variables, iters: int):
             out = model(x, f, iters=iters)
         return out[0][-1].numpy()
     return run
+
+
+def raft_train_step(path: str, cfg, variables, iters: int, gamma: float, clip: float, lr: float,
+                    weight_decay: float, bf16: bool = False):
+    """A function (image1, image2 (B, H, W, 3) [0, 255], flow (B, H, W, 2), valid (B, H, W)) ->
+    (loss, gradient norm before clipping) that runs one optimiser step of the official RAFT in
+    training mode (batch statistics) on `variables`: the training forward with `iters` iterations,
+    the sequence loss of the official train.py (gamma^(n-1-i) weighted L1, the mean over all
+    pixels of valid & |flow| < 400), backward, clip_grad_norm_ and AdamW (eps 1e-8) - the loop of
+    train.py, without its data and logging. `bf16`: the forward and loss under CPU bfloat16
+    autocast. The loss is written here (train.py imports cv2, its datasets and tensorboard at the
+    top), from the official formula."""
+    import torch
+    model = _raft_model(path, cfg, variables)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-8)
+    tensor = lambda x: torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32)))
+
+    def step(image1, image2, flow, valid):
+        a, b = (tensor(np.moveaxis(x, -1, 1)) for x in (image1, image2))
+        gt, v = tensor(np.moveaxis(flow, -1, 1)), tensor(valid)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            preds = model(a, b, iters=iters)
+        mask = (v >= 0.5) & (torch.sum(gt ** 2, dim=1).sqrt() < 400)
+        loss = 0.0
+        for i, p in enumerate(preds):
+            loss = loss + gamma ** (len(preds) - i - 1) * (mask[:, None] * (p.float() - gt).abs()).mean()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return float(loss.detach()), float(norm)
+    return step
