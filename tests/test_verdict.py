@@ -84,6 +84,11 @@ def test_the_verdict_rule():
     assert verdict.decide({"kw_epe": _ch(-5, -8, -2), "fb_auc": _ch(0, -1, 1)}, two)["verdict"] == "cannot tell"
     out = verdict.decide({"kw_epe": _ch(-5, -8, -2)}, two)
     assert out["verdict"] == "cannot tell" and "fb_auc: not measured" in out["because"]
+    # judged on the change itself: a wide interval no longer blocks it
+    point = verdict.Rule(proxies=("chain_rel",), margin=5.0, drift="", interval=False)
+    assert verdict.decide({"chain_rel": _ch(-6, -20, 3)}, point)["verdict"] == "better"
+    assert verdict.decide({"chain_rel": _ch(-4, -5, -4.5)}, point)["verdict"] == "cannot tell"
+    assert verdict.decide({"chain_rel": _ch(6, -2, 9)}, point)["verdict"] == "worse"
     assert verdict.exported_model("better", True) == "refined"
     assert verdict.exported_model("cannot tell", True) == verdict.exported_model("worse", True) == "initial"
     assert verdict.exported_model("worse", False) == "refined"
@@ -120,3 +125,11 @@ def test_proxy_study_scores_each_proxy_and_the_held_out_verdict(tmp_path):
     assert s["mean_change_exported"] < 0 and s["worst_change_refined"] > 0
     assert "kw_epe" in rep["chosen_rule"]["proxies"]
     assert "| kw_epe | 12 | 1.00 |" in proxy_study.markdown(rep)
+
+
+def test_the_installed_rule_and_its_record_come_from_the_study():
+    with open(verdict.RECORD) as f:
+        rec = json.load(f)
+    assert verdict.RULE == verdict.Rule(**{**rec["rule"], "proxies": tuple(rec["rule"]["proxies"])})
+    lines = "\n".join(verdict.record_lines())
+    assert f"({rec['cells']} cells" in lines and "| chain_rel |" in lines and "leave-one-shift-out" in lines

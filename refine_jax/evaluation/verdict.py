@@ -9,6 +9,7 @@ better) of the proxies it names:
                gain interval does not lie below -drift_tolerance %
   worse        some deciding proxy's gain interval lies below -margin %, or the source drift's does
                below -drift_tolerance %
+(with `interval` False, the gain itself stands for its interval)
   cannot tell  otherwise
 
 The guard exports the refined model only on 'better', else the initial one. RULE is the one the
@@ -37,6 +38,7 @@ class Rule:
     margin: float = 0.0                        # % gain each must clear
     drift: str = "source_epe"                  # the source-drift proxy ('' = none)
     drift_tolerance: float = 2.0               # % loss on the source tolerated
+    interval: bool = True                      # judge the interval's bounds (False: the change itself)
 
 
 RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxy_record.json")
@@ -104,6 +106,8 @@ def decide(ch: Dict[str, Dict[str, float]], rule: Rule = RULE) -> Dict[str, obje
             votes.append(None)
             continue
         g, lo, hi = gain(name, c)
+        if not rule.interval:
+            lo = hi = g
         vote = "better" if lo > rule.margin else "worse" if hi < -rule.margin else None
         votes.append(vote)
         because.append(f"{name}: {c['change']:+.2f} % [{c['lo']:+.2f}, {c['hi']:+.2f}] over {c['clips']} clips "
@@ -111,7 +115,8 @@ def decide(ch: Dict[str, Dict[str, float]], rule: Rule = RULE) -> Dict[str, obje
     drift_bad = False
     if rule.drift and rule.drift in ch and np.isfinite(ch[rule.drift]["change"]):
         c = ch[rule.drift]
-        _, _, hi = gain(rule.drift, c)
+        g, _, hi = gain(rule.drift, c)
+        hi = hi if rule.interval else g
         drift_bad = hi < -rule.drift_tolerance
         because.append(f"{rule.drift} (source drift): {c['change']:+.2f} % [{c['lo']:+.2f}, {c['hi']:+.2f}]"
                        f"{' - worse on the source beyond the tolerance' if drift_bad else ''}")

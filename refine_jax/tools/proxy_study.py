@@ -10,7 +10,8 @@ rank correlation with a bootstrap interval over cells, and ROC-AUC for 'helped b
 
 The verdict rule (evaluation/verdict.py: deciding proxies, margin, drift tolerance) is chosen by
 leave-one-shift-out cross-validation: for each shift, the candidate rule with the best guard
-utility on the other shifts' cells is scored on this shift's cells. Reported: the verdict's sign
+utility on the other shifts' cells (first fewest cells made more than 1 % worse, then the largest
+mean gain of the exported model) is scored on this shift's cells. Reported: the verdict's sign
 agreement over the cells with a ground-truth change of at least 1 % (a 'cannot tell' counts as a
 miss; also the share decided), and the guard: the mean change of the exported model (refined on
 'better', else the initial model, change 0) against always exporting the refined one, and the
@@ -34,18 +35,19 @@ from refine_jax import fs
 from refine_jax.evaluation import verdict as verdict_lib
 from refine_jax.evaluation.proxies import LOWER_IS_BETTER
 
-# candidates: single proxies and pairs, margins (% gain), drift tolerances (% loss; inf = ignored)
+# candidates: single proxies and pairs, margins (% gain), drift tolerances (% loss; inf = ignored),
+# judged on the bootstrap interval (first: preferred on a tie) or on the change itself
 DECIDING = ("kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "cycle_pass", "photometric_error")
 MARGINS = (0.0, 0.5, 1.0, 2.0, 5.0)
 DRIFT_TOLERANCES = (float("inf"), 5.0, 2.0)
 HARM = 1.0  # % : a cell whose exported model is worse than this counts as harmed
-HARM_WEIGHT = 5.0
 
 
 def define_flags() -> None:
     flags.DEFINE_list("studies", None, "shift study folders")
     flags.DEFINE_string("out", "docs/verdict", "output path without extension")
     flags.DEFINE_bool("install", False, "also write refine_jax/evaluation/proxy_record.json")
+    flags.DEFINE_string("describe", "", "--install: what the studies were, for the reports (default: their folders)")
 
 
 CELL = re.compile(r"(?P<shift>[a-z_]+)_(?P<sev>[\d.]+)/seed(?P<seed>\d+)/eval/metrics\.json$")
@@ -130,25 +132,27 @@ def proxy_table(cells: List[dict], seed: int = 0) -> Dict[str, dict]:
 def candidate_rules() -> List[verdict_lib.Rule]:
     sets = [(p,) for p in DECIDING] + list(itertools.combinations(DECIDING, 2))
     return [verdict_lib.Rule(proxies=s, margin=m, drift="source_epe" if np.isfinite(t) else "",
-                             drift_tolerance=t if np.isfinite(t) else 0.0)
-            for s in sets for m in MARGINS for t in DRIFT_TOLERANCES]
+                             drift_tolerance=t if np.isfinite(t) else 0.0, interval=i)
+            for i in (True, False) for s in sets for m in MARGINS for t in DRIFT_TOLERANCES]
 
 
 def apply(rule: verdict_lib.Rule, cells: List[dict]) -> List[str]:
     return [verdict_lib.decide(c["changes"], rule)["verdict"] for c in cells]
 
 
-def utility(verdicts: List[str], cells: List[dict]) -> float:
-    """The guard's worth on `cells`: the mean ground-truth gain of the exported model (the refined
-    one on 'better', else the initial one, gain 0), less HARM_WEIGHT per cell made worse than HARM %."""
+def utility(verdicts: List[str], cells: List[dict]) -> tuple:
+    """The guard's worth on `cells`, compared lexicographically as the issue orders its promises:
+    first fewer cells whose exported model is more than HARM % worse than the initial one, then a
+    larger mean ground-truth gain of the exported model (the refined one on 'better', else the
+    initial one, gain 0)."""
     gains = np.array([gt_gain(c) if v == "better" else 0.0 for v, c in zip(verdicts, cells)])
-    return float(gains.mean() - HARM_WEIGHT * np.mean(gains < -HARM))
+    return (-int(np.sum(gains < -HARM)), float(gains.mean()))
 
 
 def best_rule(cells: List[dict]) -> verdict_lib.Rule:
     """The candidate with the best utility on `cells` (ties: the first, i.e. the simplest)."""
     scored = [(utility(apply(r, cells), cells), -k, r) for k, r in enumerate(candidate_rules())]
-    return max(scored, key=lambda t: (t[0], t[1]))[2]
+    return max(scored, key=lambda t: (*t[0], t[1]))[2]
 
 
 def leave_one_shift_out(cells: List[dict]) -> dict:
@@ -233,7 +237,7 @@ def markdown(rep: dict) -> str:
         lines.append(f"| {name} | {p['cells']} | {p['sign_agreement']:.2f} | {p['sign_agreement_1pct']:.2f} | "
                      f"{p['spearman']:+.2f} [{p['spearman_lo']:+.2f}, {p['spearman_hi']:+.2f}] | {p['auc']:.2f} |")
     lines += ["", f"Verdict, leave-one-shift-out: {summary_line(rep['loso'])}.", "",
-              f"Verdict with the installed rule {verdict_lib.RULE} (chosen earlier, so not held out): "
+              f"Verdict with the installed rule {verdict_lib.RULE} (chosen on all these cells, so in-sample): "
               f"{summary_line(rep['fixed_rule'])}.", "",
               f"Rule chosen on all cells: {rep['chosen_rule']}.", "",
               "| shift | severity | seed | GT change % | LOSO verdict |", "|---|---|---|---|---|"]
@@ -255,7 +259,7 @@ def main(argv):
     fs.write_json_atomic(f.out + ".json", rep)
     scatter(cells, list(rep["proxies"]), f.out + ".png")
     if f.install:
-        record = {"study": ", ".join(os.path.basename(s.rstrip("/")) for s in f.studies), "cells": rep["cells"],
+        record = {"study": f.describe or ", ".join(f.studies), "cells": rep["cells"],
                   "proxies": rep["proxies"], "rule": rep["chosen_rule"],
                   "verdict": {"summary": summary_line(rep["loso"]), **rep["loso"]}}
         fs.write_json_atomic(verdict_lib.RECORD, json.loads(json.dumps(record)))
