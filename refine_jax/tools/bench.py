@@ -7,7 +7,8 @@
   python -m refine_jax.tools.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
   (raft, pips, large: --precision=highest|bf16)
   python -m refine_jax.tools.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
-  python -m refine_jax.tools.bench label  (labelled pairs/s and clips/s against one forward pass)
+  python -m refine_jax.tools.bench label  (labelled pairs/s and clips/s against one forward pass;
+      with --official=PATH_TO_princeton-vl/RAFT: RAFT labelling against the official code)
   python -m refine_jax.tools.bench tpu --topology=v5e:2x4 --config=configs/raft.py:sintel [--arch=raft]
       [--size=H,W] [--steps=train,label,eval]   (compile for a TPU topology: refine_jax/compile_report.py)
 
@@ -114,16 +115,22 @@ def train_config(arch: str, batch: int):
                        iters=32, gamma=0.85, mask_mode="per_sample", freeze_bn=False)
 
 
+def _peak_gib() -> float:
+    """Peak resident memory of this process so far, GiB."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
 def bench_train(arch: str, repeats: int, official: str = "", precision: str = "highest", batch: int = 2,
-                size: str = "256,320") -> None:
+                size: str = "256,320", side: str = "both") -> None:
     """One optimiser step (training forward, sequence loss, backward, clipping, AdamW) of RAFT or
     RAFT-small on the same batch and weights: ours (jitted, donated) against the official
     model's training loop in PyTorch (float32; with --precision=bf16 under bfloat16 autocast).
     Printed: compile, median seconds per step, the ratio, and the first step's loss and gradient
-    norm on both sides (the same computation is being timed)."""
+    norm on both sides (the same computation is being timed). `side` 'ours' or 'official' runs one
+    side only and prints the process's peak resident memory (run each in its own process)."""
     from refine_jax import checkpoints, parallel
     from refine_jax.models.raft import RAFTConfig
-    from refine_jax.tools import official as official_lib
     from refine_jax.train import trainer
 
     if arch not in ("raft", "raft_small"):
@@ -133,6 +140,11 @@ def bench_train(arch: str, repeats: int, official: str = "", precision: str = "h
     tc = train_config(arch, batch)
     variables = jax.device_get(checkpoints.init_variables(cfg, seed=0))
     batch_np = _train_inputs(batch, hw)
+    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, 32 iters, {precision}"
+    if side == "official":
+        _official_train(official, cfg, variables, tc, batch_np, repeats, precision)
+        print(f"{name}: official only, peak resident memory {_peak_gib():.2f} GiB", flush=True)
+        return
     mesh = parallel.make_mesh(1)
     tx = trainer.make_optimizer(tc)
     step = trainer.make_train_step(cfg, tc, tx, mesh, freeze_bn=tc.freeze_bn)
@@ -149,29 +161,37 @@ def bench_train(arch: str, repeats: int, official: str = "", precision: str = "h
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, 32 iters, {precision}"
+    if side == "ours":
+        print(f"{name}: ours only, {median:.2f} s/step, peak resident memory {_peak_gib():.2f} GiB", flush=True)
+        return
     line = (f"{name:<44} compile+first {compile_s:6.1f} s | ours {median:6.2f} s/step "
             f"({', '.join(f'{t:.2f}' for t in times)}) | first loss {float(first['loss']):.6f}, "
             f"grad norm {float(first['grad_norm']):.6f}")
     if official:
-        ref = official_lib.raft_train_step(official, cfg, variables, tc.iters, tc.gamma, tc.clip, tc.lr,
-                                           tc.weight_decay, bf16=precision == "bf16")
-        import torch
-        torch.set_num_threads(os.cpu_count() or 1)
-        f = batch_np["frames"]
-        args = (f[:, 0], f[:, 1], batch_np["flow"][:, 0], batch_np["flow_valid"][:, 0])
-        loss, norm = ref(*args)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ref(*args)
-            ts.append(time.perf_counter() - t0)
-        med = statistics.median(ts)
+        loss, norm, med, ts = _official_train(official, cfg, variables, tc, batch_np, repeats, precision)
         line += (f" | official PyTorch{' bf16 autocast' if precision == 'bf16' else ''} {med:6.2f} s/step "
                  f"({', '.join(f'{t:.2f}' for t in ts)}), first loss {loss:.6f}, grad norm {norm:.6f} | "
                  f"ratio ours/official {median / med:.2f} | loss differs by {abs(loss - float(first['loss'])):.2e}, "
                  f"grad norm by {abs(norm - float(first['grad_norm'])):.2e}")
     print(line, flush=True)
+
+
+def _official_train(official, cfg, variables, tc, batch_np, repeats, precision):
+    """(first loss, first gradient norm, median s/step, timings) of the official training step."""
+    import torch
+    from refine_jax.tools import official as official_lib
+    torch.set_num_threads(os.cpu_count() or 1)  # what XLA:CPU uses
+    ref = official_lib.raft_train_step(official, cfg, variables, tc.iters, tc.gamma, tc.clip, tc.lr,
+                                       tc.weight_decay, bf16=precision == "bf16")
+    f = batch_np["frames"]
+    args = (f[:, 0], f[:, 1], batch_np["flow"][:, 0], batch_np["flow_valid"][:, 0])
+    loss, norm = ref(*args)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ref(*args)
+        ts.append(time.perf_counter() - t0)
+    return loss, norm, statistics.median(ts), ts
 
 
 def bench_large(size: str, corr: str, precision: str) -> None:
@@ -244,6 +264,34 @@ def bench_data(repeats: int) -> None:
             print(f"data: 384x512 JPEG, clips of 8, batch 4, {n_files} shards: "
                   f"{frames / dt:7.1f} decoded frames/s ({frames} frames in {dt:.2f} s, "
                   f"{os.cpu_count()} CPUs)", flush=True)
+
+
+def bench_label_official(repeats: int, official: str, precision: str = "highest", pairs: int = 2) -> None:
+    """Labelling `pairs` RAFT-large pairs (368x496, 32 iterations, forward + backward + the cycle
+    check): ours (the labeler's jitted call) against the official model forward and backward with
+    the reference's check in PyTorch; the ratio, and how far the two labels differ."""
+    from refine_jax import checkpoints, parallel
+    from refine_jax.labels.flow import FlowLabeler
+    from refine_jax.models.raft import RAFTConfig
+    from refine_jax.settings import LabelConfig
+    from refine_jax.tools import official as official_lib
+
+    cfg = RAFTConfig(precision=precision)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 255, (pairs, 368, 504, 3))
+    im1 = base[:, :, :496].astype(np.uint8)
+    im2 = base[:, :, 4:500].astype(np.uint8)  # a 4 px shift, so that some labels pass
+    variables = jax.device_get(checkpoints.init_variables(cfg, seed=0))
+    lab = FlowLabeler(cfg, variables, LabelConfig(batch=pairs, iters=32), parallel.make_mesh(1))
+    fn = lambda a, b: lab.pairs(a, b)
+    compile_s, median, times = time_call(fn, im1, im2, repeats=repeats)
+    fw, valid, _, _ = fn(im1, im2)
+    ref, (ofw, ovalid) = time_torch(official_lib.raft_label(official, cfg, variables, 32), im1, im2, repeats=repeats)
+    print(f"label RAFT large {pairs} pairs 368x496 32 it, {precision}: compile {compile_s:.1f} s | ours "
+          f"{median:.2f} s ({', '.join(f'{t:.2f}' for t in times)}) | official PyTorch {ref:.2f} s | ratio "
+          f"ours/official {median / ref:.2f} | max flow difference {np.abs(fw - ofw).max():.2e} px, labels "
+          f"agree on {100 * np.mean(valid == ovalid):.3f} % of pixels (kept: ours {100 * valid.mean():.2f} %, "
+          f"official {100 * ovalid.mean():.2f} %)", flush=True)
 
 
 def bench_label(repeats: int) -> None:
@@ -332,6 +380,8 @@ def main(argv) -> int:
     p.add_argument("--steps", default="train,label,eval", help="tpu: which steps to compile")
     p.add_argument("--batch", type=int, default=2, help="train: pairs per step")
     p.add_argument("--train_size", default="256,320", help="train: H,W of the pairs")
+    p.add_argument("--side", default="both", choices=("both", "ours", "official"),
+                   help="train: one side only, with its peak memory (one process per side)")
     args = p.parse_args(argv)
     if args.what == "tpu":
         return bench_tpu(args)
@@ -339,11 +389,14 @@ def main(argv) -> int:
     if args.what in ("raft", "pips"):
         {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official, args.precision)
     elif args.what == "train":
-        bench_train(args.arch or "raft", args.repeats, args.official, args.precision, args.batch, args.train_size)
+        bench_train(args.arch or "raft", args.repeats, args.official, args.precision, args.batch, args.train_size,
+                    args.side)
     elif args.what == "large":
         bench_large(args.large_size, args.corr, args.precision)
+    elif args.what == "label" and args.official:
+        bench_label_official(args.repeats, args.official, args.precision)
     elif args.official:
-        raise ValueError(f"--official: only 'raft', 'pips' and 'train' time the official code, not {args.what!r}")
+        raise ValueError(f"--official: only 'raft', 'pips', 'train' and 'label' time the official code, not {args.what!r}")
     else:
         {"data": bench_data, "label": bench_label}[args.what](args.repeats)
     return 0

@@ -152,3 +152,38 @@ def raft_train_step(path: str, cfg, variables, iters: int, gamma: float, clip: f
         opt.step()
         return float(loss.detach()), float(norm)
     return step
+
+
+def raft_label(path: str, cfg, variables, iters: int, alpha: float = 0.002, beta: float = 0.1,
+               color_thresh: float = 0.005):
+    """A function (image1, image2 (B, H, W, 3) [0, 255]) -> (forward flow (B, H, W, 2), valid
+    (B, H, W) bool) of the official RAFT run forward and backward (one batch of both directions,
+    test mode) followed by the reference's cycle check, written here in PyTorch from its formula:
+    |f + b(x + f)| <= alpha (|f| + |b|) + beta (b sampled bilinearly, zeros outside) and the mean
+    absolute colour difference to image 2 at x + f under color_thresh on the [-0.5, 0.5] scale."""
+    import torch
+    import torch.nn.functional as F
+    model = _raft_model(path, cfg, variables)
+    model.eval()
+
+    def sample(x, flow):
+        _, _, h, w = x.shape
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        gx = 2 * (xs + flow[:, 0]) / (w - 1) - 1
+        gy = 2 * (ys + flow[:, 1]) / (h - 1) - 1
+        return F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    def run(image1, image2):
+        with torch.no_grad():
+            a = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image1, -1, 1), np.float32))
+            b = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image2, -1, 1), np.float32))
+            n = a.shape[0]
+            _, flows = model(torch.cat([a, b]), torch.cat([b, a]), iters=iters, test_mode=True)
+            fw, bw = flows[:n], flows[n:]
+            norm = lambda v: torch.sqrt(torch.sum(v ** 2, 1))
+            consistent = norm(fw + sample(bw, fw)) <= alpha * (norm(fw) + norm(bw)) + beta
+            colour = torch.mean(torch.abs(sample(b / 255.0 - 0.5, fw) - (a / 255.0 - 0.5)), 1)
+            valid = consistent & (colour < color_thresh)
+        return fw.permute(0, 2, 3, 1).numpy(), valid.numpy()
+    return run
