@@ -110,11 +110,18 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
     mesh = parallel.make_mesh(1, local=True)
     pad_mode = "sintel" if ec.pad_mode == "auto" else ec.pad_mode  # run() resolves 'auto'
     labeler = FlowLabeler(loaded.cfg, loaded.variables, label_config(config, ec.iters or 32, pad_mode), mesh)
-    rows, free, zero_free, proxy_rows, example = [], [], [], [], None
+    rows, free, zero_free, proxy_rows, example, batch = [], [], [], [], None, 0
     for c in clips:
-        fw, valid, color, fb = labeler.pairs(c.frames[:-1], c.frames[1:], f"frames of {c.video_id}")
+        t = len(c.frames)
+        if ec.proxies:  # the clip's pairs and the proxies' pairs in one call
+            first, second, known = proxies.proxy_pairs(c)
+        else:
+            first, second = c.frames[:-1], c.frames[1:]
+        batch = batch or labeler.batch_for(len(first))
+        fw, valid, color, fb = labeler.pairs(first, second, f"frames of {c.video_id}", batch=batch)
         if ec.proxies:
-            proxy_rows.append(proxies.clip_row(labeler, c, fw, fb))
+            proxy_rows.append(proxies.clip_row(fw, fb, known, t))
+        fw, valid, color = fw[:t - 1], valid[:t - 1], color[:t - 1]
         if ec.label_free:
             free += [label_free_row(v, col) for v, col in zip(valid, color)]
             zero_free += zero_flow_rows(labeler, c.frames)
@@ -125,7 +132,7 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
     z = np.zeros((1, 1, 2))
     rows = parallel.gather_rows(rows, flow_row(z, z))
     proxy_rows = parallel.gather_rows(proxy_rows, dict.fromkeys(PROXY_KEYS, 0.0)) if ec.proxies else []
-    source = (proxies.source_rows(labeler, *example.shape[:2], ec.source_clips)
+    source = (proxies.source_rows(labeler, *example.shape[:2], ec.source_clips, batch)
               if ec.proxies and ec.source_clips and example is not None else [])
     free_template = label_free_row(np.zeros((1, 1), bool), np.zeros((1, 1)))
     free, zero_free = parallel.gather_rows(free, free_template), parallel.gather_rows(zero_free, free_template)

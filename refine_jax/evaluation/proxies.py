@@ -61,18 +61,28 @@ def chain_error(f12: np.ndarray, f23: np.ndarray, f13: np.ndarray) -> Tuple[floa
     return float(err[inside].sum()), int(inside.sum()), float(np.linalg.norm(f13, axis=-1)[inside].sum())
 
 
-def clip_row(labeler, clip, fw: np.ndarray, fb: np.ndarray) -> Dict[str, float]:
-    """The proxies of one clip (uint8 frames (T, H, W, 3)) for the model behind `labeler`, given
-    its flow `fw` (T-1, H, W, 2) and forward-backward error `fb` (T-1, H, W) on consecutive pairs."""
+def proxy_pairs(clip):
+    """The pairs one clip's proxies need, to run in one call (one compiled batch size):
+    (first, second (P, H, W, 3) uint8, known-warp (flow, valid)): the T-1 consecutive pairs, then
+    the T-2 pairs (t, t+2), then the known-warp pair made from the middle frame."""
     frames = clip.frames
-    row = {**fb_scores(fb), "flow_mag": float(np.linalg.norm(fw, axis=-1).mean())}
-    mid = len(frames) // 2
-    im1, im2, gt, valid = known_warp.make_pair(frames[mid], known_warp.clip_seed(clip.video_id, clip.clip_start))
-    est = labeler.pairs(im1[None], im2[None], f"known-warp pair of {clip.video_id}")[0][0]
-    row["kw_epe"] = float(np.linalg.norm(est - gt, axis=-1)[valid].mean()) if valid.any() else float("nan")
-    if len(frames) >= 3:
-        f13 = labeler.pairs(frames[:-2], frames[2:], f"frames of {clip.video_id}")[0]
-        sums = np.array([chain_error(fw[t], fw[t + 1], f13[t]) for t in range(len(f13))]).sum(0)
+    t = len(frames)
+    im1, im2, gt, valid = known_warp.make_pair(frames[t // 2], known_warp.clip_seed(clip.video_id, clip.clip_start))
+    first = np.concatenate([frames[:-1], frames[:-2], im1[None]])
+    second = np.concatenate([frames[1:], frames[2:], im2[None]])
+    return first, second, (gt, valid)
+
+
+def clip_row(fw: np.ndarray, fb: np.ndarray, known, frames: int) -> Dict[str, float]:
+    """The proxies of one clip of `frames` frames from the model's outputs on `proxy_pairs`:
+    flows `fw` (P, H, W, 2) and forward-backward errors `fb` (P, H, W) px."""
+    t = frames
+    step, chain, kw = fw[:t - 1], fw[t - 1:2 * t - 3], fw[2 * t - 3]
+    row = {**fb_scores(fb[:t - 1]), "flow_mag": float(np.linalg.norm(step, axis=-1).mean())}
+    gt, valid = known
+    row["kw_epe"] = float(np.linalg.norm(kw - gt, axis=-1)[valid].mean()) if valid.any() else float("nan")
+    if len(chain):
+        sums = np.array([chain_error(step[k], step[k + 1], chain[k]) for k in range(len(chain))]).sum(0)
         row["chain_err"] = sums[0] / sums[1] if sums[1] else float("nan")
         row["chain_rel"] = sums[0] / sums[2] if sums[2] else float("nan")
     else:
@@ -88,14 +98,14 @@ def source_clips(h: int, w: int, n: int) -> tuple:
     return tuple(synthetic.render_video(dom, synthetic.video_seed(SOURCE_SEED, i), 2, h, w) for i in range(n))
 
 
-def source_rows(labeler, h: int, w: int, n: int) -> List[Dict[str, float]]:
-    """source_epe of each of the `n` source clips (EPE over the pixels with known flow)."""
-    rows = []
-    for c in source_clips(h, w, n):
-        est = labeler.pairs(c.frames[:1], c.frames[1:], "procedural source frames")[0][0]
-        known = c.flow_valid[0]
-        rows.append({"source_epe": float(np.linalg.norm(est - c.flow[0], axis=-1)[known].mean())})
-    return rows
+def source_rows(labeler, h: int, w: int, n: int, batch: int) -> List[Dict[str, float]]:
+    """source_epe of each of the `n` source clips (EPE over the pixels with known flow), run in
+    batches of `batch` (the evaluation's, so that nothing compiles again)."""
+    clips = source_clips(h, w, n)
+    est = labeler.pairs(np.stack([c.frames[0] for c in clips]), np.stack([c.frames[1] for c in clips]),
+                        "procedural source frames", batch=batch)[0]
+    return [{"source_epe": float(np.linalg.norm(e - c.flow[0], axis=-1)[c.flow_valid[0]].mean())}
+            for e, c in zip(est, clips)]
 
 
 def means(rows: List[Dict[str, float]]) -> Dict[str, float]:

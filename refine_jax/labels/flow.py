@@ -61,13 +61,19 @@ class FlowLabeler:
         (T, H, W, 3): (T-1, H, W, 2) px, (T-1, H, W) bool, (T-1, H, W) on the [-0.5, 0.5] scale."""
         return self.pairs(frames[:-1], frames[1:], what)[:3]
 
-    def pairs(self, first: np.ndarray, second: np.ndarray, what: str = "frames"):
+    def batch_for(self, n: int) -> int:
+        """The batch `pairs` runs `n` pairs in: the labelling batch, or n where that is fewer (in
+        a multiple of the devices)."""
+        return parallel.padded_size(min(self.lc.batch, n), self.mesh)
+
+    def pairs(self, first: np.ndarray, second: np.ndarray, what: str = "frames", batch: int = 0):
         """(forward flow (N, H, W, 2) px, label mask (N, H, W), colour error (N, H, W) on the
         [-0.5, 0.5] scale, forward-backward error (N, H, W) px) of the pairs first[k] -> second[k]
-        (uint8 (N, H, W, 3)), in batches of the labelling batch."""
+        (uint8 (N, H, W, 3)), in batches of `batch` (default `batch_for(N)`; each batch size
+        compiles the model once)."""
         n, h, w = first.shape[:3]
         check_image_size(h, w, what)
-        bs = parallel.padded_size(min(self.lc.batch, n), self.mesh)
+        bs = batch or self.batch_for(n)
         out = []
         for k in range(0, n, bs):
             im1, im2 = parallel.pad_batch(first[k:k + bs], bs), parallel.pad_batch(second[k:k + bs], bs)
