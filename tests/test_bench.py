@@ -44,7 +44,7 @@ def test_official_checkout_is_imported_in_isolation_and_restored(tmp_path, capsy
     with pytest.raises(FileNotFoundError, match="not a checkout of aharley/pips"):
         official.pips(str(tmp_path), None, None, 1)
     assert bench.main(["data", f"--official={tmp_path}"]) == 2
-    assert "only 'raft' and 'pips' time the official code" in capsys.readouterr().err
+    assert "only 'raft', 'pips', 'train' and 'label' time the official code" in capsys.readouterr().err
 
 
 def test_bench_tpu_compiles_the_demo_stand_in_for_demo_configs_and_the_published_model_otherwise():
