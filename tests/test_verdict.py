@@ -16,9 +16,7 @@ def frame():
 
 
 def _warped_back(image2, flow):
-    h, w = flow.shape[:2]
-    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
-    return known_warp._sample(image2.astype(np.float64), grid + flow)
+    return known_warp.sample(image2.astype(np.float64), known_warp.pixel_grid(*flow.shape[:2]) + flow)
 
 
 def test_known_warp_pairs_match_under_their_flow_and_not_under_a_wrong_one(frame):

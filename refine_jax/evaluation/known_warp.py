@@ -44,7 +44,17 @@ def clip_seed(video_id: str, clip_start: int) -> int:
     return zlib.crc32(f"{video_id}:{clip_start}".encode())
 
 
-def _sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def pixel_grid(h: int, w: int) -> np.ndarray:
+    """(H, W, 2) the (x, y) coordinates of every pixel centre, float64."""
+    return np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
+
+
+def inside_frame(xy: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(...) whether the points xy (..., 2) lie within an H x W frame's pixel centres."""
+    return (xy[..., 0] >= 0) & (xy[..., 0] <= w - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= h - 1)
+
+
+def sample(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """image (H, W, C) float at points xy (..., 2) (x, y), bilinear, edge values outside."""
     coords = [xy[..., 1], xy[..., 0]]
     return np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="nearest")
@@ -86,13 +96,13 @@ def make_pair(frame: np.ndarray, seed: int, r: WarpRange = WarpRange()):
     h, w = frame.shape[:2]
     rng = np.random.default_rng(seed)
     src = ndimage.gaussian_filter(frame.astype(np.float64), (r.blur, r.blur, 0)) if r.blur else frame.astype(np.float64)
-    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
+    grid = pixel_grid(h, w)
     d = rng.uniform(-0.5, 0.5, 2)
     hom = _homography(rng, h, w, r)
     field = _smooth_field(rng, h, w, r)
-    field_at = lambda q: _sample(field, q)
+    field_at = lambda q: sample(field, q)
     m_of = lambda q: _apply_h(hom, q) + field_at(q)
-    im1, im2 = _sample(src, grid + d), _sample(src, m_of(grid))
+    im1, im2 = sample(src, grid + d), sample(src, m_of(grid))
     # background flow: solve M(q) = p + d for q (M near the identity: the iteration contracts)
     target, inv = grid + d, np.linalg.inv(hom)
     q = _apply_h(inv, target)
@@ -111,14 +121,13 @@ def make_pair(frame: np.ndarray, seed: int, r: WarpRange = WarpRange()):
         c2 = c1 + motion
         inside = lambda p, c: (((p - c) / radii) ** 2).sum(-1) <= 1.0
         in1, in2 = inside(grid, c1), inside(grid, c2)
-        im1[in1] = _sample(src, grid[in1] - c1 + c0 + d)
-        im2[in2] = _sample(src, grid[in2] - c2 + c0 + d)
+        im1[in1] = sample(src, grid[in1] - c1 + c0 + d)
+        im2[in2] = sample(src, grid[in2] - c2 + c0 + d)
         covered = inside(grid + flow, c2) & ~in1   # background hidden by the cut-out in image 2
         flow[in1] = motion
     else:
         in1 = np.zeros((h, w), bool)
         covered = np.zeros((h, w), bool)
-    end = grid + flow
-    valid = (end[..., 0] >= 0) & (end[..., 0] <= w - 1) & (end[..., 1] >= 0) & (end[..., 1] <= h - 1) & ~covered
+    valid = inside_frame(grid + flow, h, w) & ~covered
     to_u8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)
     return to_u8(im1), to_u8(im2), flow.astype(np.float32), valid

@@ -41,22 +41,13 @@ def fb_scores(fb: np.ndarray) -> Dict[str, float]:
     return {"fb_auc": float(np.mean(1.0 - np.minimum(e, FB_MAX) / FB_MAX)), "fb_1px": float(np.mean(e < 1.0))}
 
 
-def _sample(field: np.ndarray, xy: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Bilinear samples of `field` (H, W, C) at xy (H, W, 2) and whether xy lies inside."""
-    from scipy import ndimage
-    h, w = field.shape[:2]
-    inside = (xy[..., 0] >= 0) & (xy[..., 0] <= w - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= h - 1)
-    out = np.stack([ndimage.map_coordinates(field[..., c], [xy[..., 1], xy[..., 0]], order=1, mode="nearest")
-                    for c in range(field.shape[-1])], -1)
-    return out, inside
-
-
 def chain_error(f12: np.ndarray, f23: np.ndarray, f13: np.ndarray) -> Tuple[float, int, float]:
     """(sum of |f13 - (f12 + f23(x + f12))| px, pixel count, sum of |f13| px) over the pixels whose
     chain stays in the frame; flows (H, W, 2)."""
     h, w = f12.shape[:2]
-    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1)
-    f23_at, inside = _sample(f23.astype(np.float64), grid + f12)
+    end = known_warp.pixel_grid(h, w) + f12
+    f23_at = known_warp.sample(f23.astype(np.float64), end)
+    inside = known_warp.inside_frame(end, h, w)
     err = np.linalg.norm(f13 - (f12 + f23_at), axis=-1)
     return float(err[inside].sum()), int(inside.sum()), float(np.linalg.norm(f13, axis=-1)[inside].sum())
 
