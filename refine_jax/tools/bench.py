@@ -3,7 +3,7 @@
   python -m refine_jax.tools.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
   python -m refine_jax.tools.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
   python -m refine_jax.tools.bench train --arch=raft|raft_small [--batch=2] [--train_size=256,320]
-      [--official=PATH_TO_princeton-vl/RAFT]   (one optimiser step of the reference recipe, side by side)
+      [--iters=32] [--official=PATH_TO_princeton-vl/RAFT]   (one optimiser step of the reference recipe)
   python -m refine_jax.tools.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
   (raft, pips, large: --precision=highest|bf16)
   python -m refine_jax.tools.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
@@ -106,13 +106,14 @@ def _train_inputs(batch: int, size, seed: int = 0):
     return {"frames": frames, "flow": flow, "flow_valid": np.ones((batch, 1, h, w), np.float32)}
 
 
-def train_config(arch: str, batch: int):
+def train_config(arch: str, batch: int, iters: int = 32):
     """The reference refinement recipe's step (RAFT: 32 iterations, gamma 0.85, clip 5, lr 1e-4,
     weight decay 1e-4, batch statistics) as our TrainConfig, with a constant learning rate (the
-    official loop's scheduler is left out of both sides)."""
+    official loop's scheduler is left out of both sides). `iters` other than 32 shows how the step
+    grows with the iteration count."""
     from refine_jax.settings import TrainConfig
     return TrainConfig(steps=10, batch_size=batch, lr=1e-4, schedule="constant", weight_decay=1e-4, clip=5.0,
-                       iters=32, gamma=0.85, mask_mode="per_sample", freeze_bn=False)
+                       iters=iters, gamma=0.85, mask_mode="per_sample", freeze_bn=False)
 
 
 def _peak_gib() -> float:
@@ -122,7 +123,7 @@ def _peak_gib() -> float:
 
 
 def bench_train(arch: str, repeats: int, official: str = "", precision: str = "highest", batch: int = 2,
-                size: str = "256,320", side: str = "both") -> None:
+                size: str = "256,320", side: str = "both", iters: int = 32) -> None:
     """One optimiser step (training forward, sequence loss, backward, clipping, AdamW) of RAFT or
     RAFT-small on the same batch and weights: ours (jitted, donated) against the official
     model's training loop in PyTorch (float32; with --precision=bf16 under bfloat16 autocast).
@@ -137,10 +138,10 @@ def bench_train(arch: str, repeats: int, official: str = "", precision: str = "h
         raise ValueError(f"bench train: --arch must be raft or raft_small, not {arch!r}")
     hw = tuple(int(v) for v in size.split(","))
     cfg = RAFTConfig(small=arch == "raft_small", precision=precision)
-    tc = train_config(arch, batch)
+    tc = train_config(arch, batch, iters)
     variables = jax.device_get(checkpoints.init_variables(cfg, seed=0))
     batch_np = _train_inputs(batch, hw)
-    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, 32 iters, {precision}"
+    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, {iters} iters, {precision}"
     if side == "official":
         _official_train(official, cfg, variables, tc, batch_np, repeats, precision)
         print(f"{name}: official only, peak resident memory {_peak_gib():.2f} GiB", flush=True)
@@ -380,6 +381,7 @@ def main(argv) -> int:
     p.add_argument("--steps", default="train,label,eval", help="tpu: which steps to compile")
     p.add_argument("--batch", type=int, default=2, help="train: pairs per step")
     p.add_argument("--train_size", default="256,320", help="train: H,W of the pairs")
+    p.add_argument("--iters", type=int, default=32, help="train: update iterations (the reference recipe: 32)")
     p.add_argument("--side", default="both", choices=("both", "ours", "official"),
                    help="train: one side only, with its peak memory (one process per side)")
     args = p.parse_args(argv)
@@ -390,7 +392,7 @@ def main(argv) -> int:
         {"raft": bench_raft, "pips": bench_pips}[args.what](args.repeats, args.official, args.precision)
     elif args.what == "train":
         bench_train(args.arch or "raft", args.repeats, args.official, args.precision, args.batch, args.train_size,
-                    args.side)
+                    args.side, args.iters)
     elif args.what == "large":
         bench_large(args.large_size, args.corr, args.precision)
     elif args.what == "label" and args.official:
