@@ -115,3 +115,12 @@ def test_make_flow_fn_matches_golden(converted):
     flow_up, flow_low = flow_fn(variables, g["pair2_image1"][None], g["pair2_image2"][None])
     chex.assert_trees_all_close(flow_up, g["pair2_flow_up"], atol=1e-3, rtol=0)
     chex.assert_trees_all_close(flow_low, g["pair2_flow_low"], atol=LOW_TOL, rtol=0)
+
+
+def test_backward_fence_is_the_identity_with_the_identity_gradient():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 5, 3)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
+    np.testing.assert_array_equal(raft_lib.backward_fence(x), x)
+    fenced = jax.jit(jax.grad(lambda v: jnp.sum(jnp.tanh(raft_lib.backward_fence(v)) * w)))(x)
+    plain = jax.jit(jax.grad(lambda v: jnp.sum(jnp.tanh(v) * w)))(x)
+    np.testing.assert_array_equal(fenced, plain)

@@ -228,6 +228,30 @@ class FlowHead(nn.Module):
         return conv(2, 3, 1, 1, name="conv2")(nn.relu(conv(self.hidden, 3, 1, 1, name="conv1")(x)))
 
 
+@jax.custom_vjp
+def backward_fence(x):
+    """Identity whose gradient passes through a conditional, which XLA cannot fuse across.
+
+    Unrolled on XLA:CPU, the hidden state's cotangent `dh * (1 - z) + ...` is one elementwise chain
+    through every GRU step; XLA fuses it across all iterations and copies it into each consumer
+    (recomputed many times over: RAFT-large's 32-iteration train step 30.5 s with it, 15.6 s
+    fenced at every iteration; docs/speed.md). `optimization_barrier` is removed before fusion
+    there, so a conditional (both branches the identity) is the fence. Values are unchanged."""
+    return x
+
+
+def _fence_fwd(x):
+    return x, None
+
+
+def _fence_bwd(_, ct):
+    first = ct.reshape(-1)[0]
+    return (jax.lax.cond(first == first, lambda c: c, lambda c: c + 0, ct),)
+
+
+backward_fence.defvjp(_fence_fwd, _fence_bwd)
+
+
 class UpdateBlock(nn.Module):
     """One RAFT iteration, scanned: correlation lookup, update block, coordinate step, upsampling.
 
@@ -330,7 +354,12 @@ class RAFT(nn.Module):
         block = UpdateBlock(cfg, all_flow_up, name="update_block")
         # a scan of a function of the block, so that the same block (its parameters) is also
         # called after the loop for the final upsampling mask
-        scan = nn.scan(lambda blk, carry, *xs: blk(carry, *xs), variable_broadcast="params",
+        fence = self.unroll > 1  # the unrolled (CPU training) path: see backward_fence
+
+        def body(blk, carry, *xs):
+            (net, coords1), outs = blk(carry, *xs)
+            return (backward_fence(net) if fence else net, coords1), outs
+        scan = nn.scan(body, variable_broadcast="params",
                        split_rngs={"params": False}, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                        length=iters, unroll=min(self.unroll, iters))
         (net, coords1), outs = scan(block, (net, coords1), inp, pyramid, coords0)
