@@ -2,10 +2,12 @@
 
   python -m refine_jax.tools.bench raft [--repeats=3] [--official=PATH_TO_princeton-vl/RAFT]
   python -m refine_jax.tools.bench pips [--repeats=3] [--official=PATH_TO_aharley/pips]
-  python -m refine_jax.tools.bench train --arch=raft|raft_small [--batch=2] [--train_size=256,320]
-      [--iters=32] [--official=PATH_TO_princeton-vl/RAFT]   (one optimiser step of the reference recipe)
+  python -m refine_jax.tools.bench train --arch=raft|raft_small|pips [--batch=N] [--train_size=H,W]
+      [--iters=N] [--official=PATH_TO_princeton-vl/RAFT or aharley/pips]   (one optimiser step of the
+      reference recipe; --side=ours|official: one side alone with its peak memory)
   python -m refine_jax.tools.bench large [--large_size=1080,1920] [--corr=alt|volume]   (time, peak memory)
   (raft, pips, large: --precision=highest|bf16)
+  python -m refine_jax.tools.bench conv   (a conv's weight gradient: XLA:CPU's against per-tap matmuls)
   python -m refine_jax.tools.bench data   (decoded frames/s of 384x512 JPEG clips through the pipeline)
   python -m refine_jax.tools.bench label  (labelled pairs/s and clips/s against one forward pass;
       with --official=PATH_TO_princeton-vl/RAFT: RAFT labelling against the official code)
@@ -106,14 +108,37 @@ def _train_inputs(batch: int, size, seed: int = 0):
     return {"frames": frames, "flow": flow, "flow_valid": np.ones((batch, 1, h, w), np.float32)}
 
 
-def train_config(arch: str, batch: int, iters: int = 32):
-    """The reference refinement recipe's step (RAFT: 32 iterations, gamma 0.85, clip 5, lr 1e-4,
-    weight decay 1e-4, batch statistics) as our TrainConfig, with a constant learning rate (the
-    official loop's scheduler is left out of both sides). `iters` other than 32 shows how the step
-    grows with the iteration count."""
+def _track_inputs(batch: int, size, tracks: int = 128, frames: int = 8, seed: int = 0):
+    """A training batch of random clips with random-walk track labels inside the frame, all
+    visible and valid, as the train stage's pipeline gives it: {'frames' (B, S, H, W, 3) uint8,
+    'tracks' (B, N, S, 2) px, 'visible' (B, N, S), 'track_valid' (B, N)}."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    start = rng.uniform((8, 8), (w - 9, h - 9), (batch, tracks, 1, 2))
+    steps = np.concatenate([np.zeros((batch, tracks, 1, 2)), rng.normal(0, 3, (batch, tracks, frames - 1, 2))], 2)
+    xy = np.clip(start + np.cumsum(steps, axis=2), 0, (w - 1, h - 1)).astype(np.float32)
+    return {"frames": rng.integers(0, 256, (batch, frames, h, w, 3), dtype=np.uint8), "tracks": xy,
+            "visible": np.ones((batch, tracks, frames), np.float32),
+            "track_valid": np.ones((batch, tracks), np.float32)}
+
+
+def train_config(arch: str, batch: int, iters: int = 0):
+    """The reference refinement recipe's step as our TrainConfig, with a constant learning rate
+    (the official loops' schedulers are left out of both sides). RAFT: 32 iterations, gamma 0.85,
+    clip 5, lr 1e-4, weight decay 1e-4, batch statistics. PIPs (CroHD / Horse10): 6 iterations,
+    gamma 0.8, the score-map loss and no visibility loss, clip 5, lr 1e-5, weight decay 1e-4.
+    `iters` (0: the recipe's) shows how the step grows with the iteration count."""
     from refine_jax.settings import TrainConfig
+    if arch == "pips":
+        return TrainConfig(steps=10, batch_size=batch, lr=1e-5, schedule="constant", weight_decay=1e-4, clip=5.0,
+                           iters=iters or 6, gamma=0.8, score_map_loss=True, vis_loss=False)
     return TrainConfig(steps=10, batch_size=batch, lr=1e-4, schedule="constant", weight_decay=1e-4, clip=5.0,
-                       iters=iters, gamma=0.85, mask_mode="per_sample", freeze_bn=False)
+                       iters=iters or 32, gamma=0.85, mask_mode="per_sample", freeze_bn=False)
+
+
+# (batch, H,W) of one reference training step: RAFT's Sintel recipe is 12 pairs at 256x512 (a
+# smaller default keeps a CPU run short); PIPs' Horse10 recipe is 1 clip of 8 frames at 256x448
+TRAIN_DEFAULTS = {"raft": (2, "256,320"), "raft_small": (2, "256,320"), "pips": (1, "256,448")}
 
 
 def _peak_gib() -> float:
@@ -122,26 +147,30 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def bench_train(arch: str, repeats: int, official: str = "", precision: str = "highest", batch: int = 2,
-                size: str = "256,320", side: str = "both", iters: int = 32) -> None:
-    """One optimiser step (training forward, sequence loss, backward, clipping, AdamW) of RAFT or
-    RAFT-small on the same batch and weights: ours (jitted, donated) against the official
-    model's training loop in PyTorch (float32; with --precision=bf16 under bfloat16 autocast).
-    Printed: compile, median seconds per step, the ratio, and the first step's loss and gradient
-    norm on both sides (the same computation is being timed). `side` 'ours' or 'official' runs one
-    side only and prints the process's peak resident memory (run each in its own process)."""
+def bench_train(arch: str, repeats: int, official: str = "", precision: str = "highest", batch: int = 0,
+                size: str = "", side: str = "both", iters: int = 0) -> None:
+    """One optimiser step (training forward, sequence loss, backward, clipping, AdamW) of RAFT,
+    RAFT-small or PIPs (stride 4, 128 tracks) on the same batch and weights: ours (jitted,
+    donated) against the official model's training step in PyTorch (float32; with
+    --precision=bf16 under bfloat16 autocast). Printed: compile, median seconds per step, the
+    ratio, and the first step's loss and gradient norm on both sides (the same computation is
+    being timed). `side` 'ours' or 'official' runs one side only and prints the process's peak
+    resident memory (run each in its own process)."""
     from refine_jax import checkpoints, parallel
+    from refine_jax.models.pips import PipsConfig
     from refine_jax.models.raft import RAFTConfig
     from refine_jax.train import trainer
 
-    if arch not in ("raft", "raft_small"):
-        raise ValueError(f"bench train: --arch must be raft or raft_small, not {arch!r}")
-    hw = tuple(int(v) for v in size.split(","))
-    cfg = RAFTConfig(small=arch == "raft_small", precision=precision)
+    if arch not in TRAIN_DEFAULTS:
+        raise ValueError(f"bench train: --arch must be one of {', '.join(TRAIN_DEFAULTS)}, not {arch!r}")
+    batch = batch or TRAIN_DEFAULTS[arch][0]
+    hw = tuple(int(v) for v in (size or TRAIN_DEFAULTS[arch][1]).split(","))
+    cfg = (PipsConfig(stride=4, precision=precision) if arch == "pips"
+           else RAFTConfig(small=arch == "raft_small", precision=precision))
     tc = train_config(arch, batch, iters)
     variables = jax.device_get(checkpoints.init_variables(cfg, seed=0))
-    batch_np = _train_inputs(batch, hw)
-    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, {iters} iters, {precision}"
+    batch_np = _track_inputs(batch, hw) if arch == "pips" else _train_inputs(batch, hw)
+    name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, {tc.iters} iters, {precision}"
     if side == "official":
         _official_train(official, cfg, variables, tc, batch_np, repeats, precision)
         print(f"{name}: official only, peak resident memory {_peak_gib():.2f} GiB", flush=True)
@@ -182,10 +211,16 @@ def _official_train(official, cfg, variables, tc, batch_np, repeats, precision):
     import torch
     from refine_jax.tools import official as official_lib
     torch.set_num_threads(os.cpu_count() or 1)  # what XLA:CPU uses
-    ref = official_lib.raft_train_step(official, cfg, variables, tc.iters, tc.gamma, tc.clip, tc.lr,
-                                       tc.weight_decay, bf16=precision == "bf16")
-    f = batch_np["frames"]
-    args = (f[:, 0], f[:, 1], batch_np["flow"][:, 0], batch_np["flow_valid"][:, 0])
+    bf16 = precision == "bf16"
+    if cfg.arch == "pips":
+        ref = official_lib.pips_train_step(official, cfg, variables, tc.iters, tc.clip, tc.lr, tc.weight_decay,
+                                           bf16=bf16)
+        args = (batch_np["frames"], np.swapaxes(batch_np["tracks"], 1, 2))
+    else:
+        ref = official_lib.raft_train_step(official, cfg, variables, tc.iters, tc.gamma, tc.clip, tc.lr,
+                                           tc.weight_decay, bf16=bf16)
+        f = batch_np["frames"]
+        args = (f[:, 0], f[:, 1], batch_np["flow"][:, 0], batch_np["flow_valid"][:, 0])
     loss, norm = ref(*args)
     ts = []
     for _ in range(repeats):
@@ -193,6 +228,42 @@ def _official_train(official, cfg, variables, tc, batch_np, repeats, precision):
         ref(*args)
         ts.append(time.perf_counter() - t0)
     return loss, norm, statistics.median(ts), ts
+
+
+# (name, input N,H,W,Cin, kernel, stride, Cout): convs of the models' training steps at the bench
+# train shapes (RAFT batch 2 at 256x320; PIPs 8 frames at 256x448, stride 4)
+CONV_SHAPES = (("RAFT fnet conv1 7x7/2", (2, 256, 320, 3), 7, 2, 64),
+               ("RAFT fnet layer1 3x3", (2, 128, 160, 64), 3, 1, 64),
+               ("RAFT update convc2 3x3", (2, 32, 40, 256), 3, 1, 192),
+               ("RAFT update convz1 1x5", (2, 32, 40, 384), (1, 5), 1, 128),
+               ("PIPs fnet conv2 3x3", (8, 64, 112, 416), 3, 1, 256))
+
+
+def bench_conv(repeats: int) -> None:
+    """A conv's weight gradient on the CPU, XLA's own against `precision.tap_weight_grad` (one
+    matmul per kernel tap), side by side on the shapes of CONV_SHAPES, float32; the forward
+    conv's time for scale."""
+    from refine_jax.models import precision
+    hi = jax.lax.Precision.HIGHEST
+    rng = np.random.default_rng(0)
+    for name, shape, kernel, stride, cout in CONV_SHAPES:
+        kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+        pad = tuple((k // 2, k // 2) for k in kernel)
+        x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(*kernel, shape[-1], cout)), jnp.float32)
+        conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), pad, precision=hi,
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        dy = jnp.ones_like(conv(x, w))
+        native = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+        taps = jax.jit(lambda x, dy: precision.tap_weight_grad(x, dy, kernel, (stride, stride), pad, hi))
+        gflop = 2 * np.prod(dy.shape) * np.prod(kernel) * shape[-1] / 1e9
+        _, t_fwd, _ = time_call(jax.jit(conv), x, w, repeats=repeats)
+        _, t_nat, _ = time_call(native, x, w, dy, repeats=repeats)
+        _, t_tap, _ = time_call(taps, x, dy, repeats=repeats)
+        diff = float(jnp.abs(native(x, w, dy) - taps(x, dy)).max() / jnp.abs(native(x, w, dy)).max())
+        print(f"conv {name:<24} {gflop:6.2f} GFLOP | forward {t_fwd * 1e3:7.1f} ms | weight gradient: XLA "
+              f"{t_nat * 1e3:7.1f} ms, taps {t_tap * 1e3:7.1f} ms, ratio taps/XLA {t_tap / t_nat:.2f} | "
+              f"relative difference {diff:.1e}", flush=True)
 
 
 def bench_large(size: str, corr: str, precision: str) -> None:
@@ -368,7 +439,7 @@ def bench_tpu(args) -> int:
 def main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m refine_jax.tools.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("raft", "pips", "train", "large", "data", "label", "tpu"))
+    p.add_argument("what", choices=("raft", "pips", "train", "large", "data", "label", "conv", "tpu"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--official", default="", help="raft, pips: a checkout of the official code to time beside ours")
     p.add_argument("--precision", default="highest", choices=("highest", "bf16"), help="raft, pips, large")
@@ -379,9 +450,10 @@ def main(argv) -> int:
     p.add_argument("--arch", default="", help="tpu, train: raft | raft_small | pips (tpu: default from the config file; train: raft)")
     p.add_argument("--size", default="", help="tpu: H,W of the data frames (default per preset)")
     p.add_argument("--steps", default="train,label,eval", help="tpu: which steps to compile")
-    p.add_argument("--batch", type=int, default=2, help="train: pairs per step")
-    p.add_argument("--train_size", default="256,320", help="train: H,W of the pairs")
-    p.add_argument("--iters", type=int, default=32, help="train: update iterations (the reference recipe: 32)")
+    p.add_argument("--batch", type=int, default=0, help="train: pairs or clips per step (0: 2 for RAFT, 1 for PIPs)")
+    p.add_argument("--train_size", default="", help="train: H,W of the frames (default RAFT 256,320; PIPs 256,448)")
+    p.add_argument("--iters", type=int, default=0, help="train: update iterations (0: the reference recipe's, "
+                   "RAFT 32, PIPs 6)")
     p.add_argument("--side", default="both", choices=("both", "ours", "official"),
                    help="train: one side only, with its peak memory (one process per side)")
     args = p.parse_args(argv)
@@ -400,7 +472,7 @@ def main(argv) -> int:
     elif args.official:
         raise ValueError(f"--official: only 'raft', 'pips', 'train' and 'label' time the official code, not {args.what!r}")
     else:
-        {"data": bench_data, "label": bench_label}[args.what](args.repeats)
+        {"data": bench_data, "label": bench_label, "conv": bench_conv}[args.what](args.repeats)
     return 0
 
 

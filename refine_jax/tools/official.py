@@ -100,16 +100,22 @@ def on_cpu(basic) -> Iterator[None]:
         torch.Tensor.cuda = cuda
 
 
-def pips(path: str, cfg, variables, iters: int):
-    """A function (xys (B, N, 2), frames (B, S, H, W, 3) in [0, 255]) -> coords (B, S, N, 2) numpy
-    of the official PIPs on `variables`, on the CPU."""
-    import torch
+def _pips_model(path: str, cfg, variables):
+    """(the official Pips module of the checkout at `path` holding `variables`, its utils.basic)."""
     root = _check_checkout(path, "nets/pips.py", "aharley/pips")
     with isolated_path(root):
         module = importlib.import_module("nets.pips")
         basic = importlib.import_module("utils.basic")
         model = module.Pips(S=cfg.S, stride=cfg.stride)
     model.load_state_dict(_state_dict(variables, cfg))
+    return model, basic
+
+
+def pips(path: str, cfg, variables, iters: int):
+    """A function (xys (B, N, 2), frames (B, S, H, W, 3) in [0, 255]) -> coords (B, S, N, 2) numpy
+    of the official PIPs on `variables`, on the CPU."""
+    import torch
+    model, basic = _pips_model(path, cfg, variables)
     model.eval()
 
     def run(xys, frames):
@@ -147,6 +153,34 @@ def raft_train_step(path: str, cfg, variables, iters: int, gamma: float, clip: f
         loss = 0.0
         for i, p in enumerate(preds):
             loss = loss + gamma ** (len(preds) - i - 1) * (mask[:, None] * (p.float() - gt).abs()).mean()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        return float(loss.detach()), float(norm)
+    return step
+
+
+def pips_train_step(path: str, cfg, variables, iters: int, clip: float, lr: float, weight_decay: float,
+                    bf16: bool = False):
+    """A function (frames (B, S, H, W, 3) [0, 255], tracks (B, S, N, 2) px) -> (loss, gradient norm
+    before clipping) that runs one optimiser step of the official PIPs as the reference refinement
+    trains it: `Pips.forward(tracks[:, 0], frames, iters, trajs_g=tracks, vis_g=1, valids=1)`, the
+    total seq_loss + ce_loss (its visibility loss is computed and left out), backward,
+    clip_grad_norm_ and AdamW (eps 1e-8). `bf16`: the forward and loss under CPU bfloat16 autocast."""
+    import torch
+    model, basic = _pips_model(path, cfg, variables)
+    model.train()  # no effect on PIPs (no batch norm, no dropout); as the reference loop
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-8)
+
+    def step(frames, tracks):
+        rgbs = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(frames, np.float32), -1, 2)))
+        trajs = torch.from_numpy(np.asarray(tracks, np.float32))
+        ones = torch.ones(trajs.shape[:3])
+        opt.zero_grad()
+        with on_cpu(basic), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            *_, (seq_loss, _, ce_loss) = model(trajs[:, 0], rgbs, iters=iters, trajs_g=trajs, vis_g=ones,
+                                               valids=ones)
+            loss = seq_loss.float() + ce_loss.float()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
