@@ -1,5 +1,6 @@
 """The bf16 policy's conv as per-tap matmuls (CPUs with bfloat16 dot instructions): the same
-products as XLA's bfloat16 conv, forward and gradient, and chosen only where it pays."""
+products as XLA's bfloat16 conv, forward and gradient, and chosen only where it pays. On CPU every
+conv's weight gradient as per-tap matmuls: the native conv's values and gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +67,28 @@ def test_other_convs_keep_the_native_bf16_conv(monkeypatch):
             variables = layer.init(jax.random.PRNGKey(0), x)
             assert "convolution" in jax.jit(layer.apply).lower(variables, x).as_text()
             assert layer.apply(variables, x).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [((2, 17, 19, 5), (3, 3), (1, 1), ((1, 1), (1, 1))),
+                                                          ((2, 17, 19, 5), (7, 7), (2, 2), ((3, 3), (3, 3))),
+                                                          ((2, 9, 9, 4), (1, 1), (1, 1), "SAME"),
+                                                          ((3, 8, 6), (1,), (1,), "VALID")])
+def test_cpu_conv_weight_gradient_by_taps(shape, kernel, strides, padding, monkeypatch):
+    """cpu_conv: the native conv forward (bit for bit) and input gradient; the weight gradient as
+    one matmul per tap, equal to the native one up to float32 summation order."""
+    monkeypatch.setattr(precision, "TAP_GRAD_MIN_FLOPS", 0)  # these convs are small
+    x = jnp.asarray(RNG.normal(size=shape), jnp.float32)
+    w = jnp.asarray(RNG.normal(size=(*kernel, shape[-1], 7)), jnp.float32)
+    spatial = "HW"[-len(kernel):]
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    hi = jax.lax.Precision.HIGHEST
+    native = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn, precision=hi)
+    ours = lambda x, w: precision.cpu_conv(x, w, strides, padding, dimension_numbers=dn, precision=hi)
+    np.testing.assert_array_equal(ours(x, w), native(x, w))
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+    (gx_ref, gw_ref), (gx, gw) = (jax.grad(loss(c), (0, 1))(x, w) for c in (native, ours))
+    np.testing.assert_array_equal(gx, gx_ref)
+    np.testing.assert_allclose(gw, gw_ref, rtol=0, atol=1e-5 * float(jnp.abs(gw_ref).max()))
+    if jax.default_backend() == "cpu":  # convs: the forward and the input gradient's, not the weights'
+        count = lambda conv: jax.jit(jax.grad(loss(conv), (0, 1))).lower(x, w).as_text().count("convolution(")
+        assert (count(ours), count(native)) == (2, 3)
