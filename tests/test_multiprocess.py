@@ -131,8 +131,11 @@ def test_two_processes_equal_one(setup, tmp_path):
 
     for key, value in e1["before"].items():
         assert close(value, e2["before"][key], key, 1e-6), key
+    # after training the weights differ by the all-reduce order (above), and means over the pixels that
+    # pass the cycle check (photometric_error) or near zero (fb_auc ~0.002) follow: measured up to 6e-7
+    # on AVX-512 hosts, 1.4e-5 and 2.2e-5 relative on an AVX2-only AMD EPYC
     for key, value in e1["after"].items():
-        assert close(value, e2["after"][key], key, 1e-5), key  # measured 6e-7 (EPE)
+        assert close(value, e2["after"][key], key, 1e-4), key
     assert [s for s, _ in e1["curve"]] == [s for s, _ in e2["curve"]] == [0, 1, 2]
     assert [v for _, v in e2["curve"]] == pytest.approx([v for _, v in e1["curve"]], rel=1e-5)
     assert (two / "eval" / "report.md").exists()

@@ -85,7 +85,7 @@ def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
 
 # the weight-gradient FLOPs from which `cpu_conv` computes them by taps: below it the conv is cheap
 # either way and the taps' extra ops only lengthen compilation (tests, the demo's small frames)
-TAP_GRAD_MIN_FLOPS = 2e8
+TAP_GRAD_MIN_FLOPS = 2e9
 
 
 def _channels_last(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
