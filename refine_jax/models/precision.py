@@ -17,9 +17,10 @@ convs (RGB input, 2-channel flow, the 64-channel full-resolution layers) are mem
 and keep the native conv.
 
 When compiling for a CPU, every conv of at least TAP_GRAD_MIN_FLOPS computes its weight gradient
-as one matmul per kernel tap (`cpu_conv`): XLA:CPU's own weight-gradient conv runs at 5-30 GFLOP/s, 2.5-5x slower than
-the same products as matmuls (PIPs' encoder conv2, 416 -> 256 channels: 2.45 s against 0.49 s).
-The forward pass and the input gradient stay the native conv, so values are unchanged.
+as one matmul per kernel tap (`cpu_conv`): XLA:CPU's own weight-gradient conv runs 2-5x slower
+than the same products as matmuls (`bench conv`; PIPs' encoder conv2, 416 -> 256 channels, at
+8x64x112: 20.7 s against 4.6 s). The forward pass and the input gradient stay the native conv,
+so values are unchanged.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
 TAP_GRAD_MIN_FLOPS = 2e9
 
 
-def _channels_last(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
+def _channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
     """Whether a conv is a plain channels-last one (NWC/NHWC x WIO/HWIO, no groups or dilation)."""
     if groups != 1 or lhs.ndim not in (3, 4) or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())):
         return False
@@ -124,7 +125,7 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
                                dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
                                **kwargs)
     if lookup.target_platform() != "cpu" or not _channels_last(
-            lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
+            lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
         return native(lhs, rhs, padding=padding)
     out_points = lhs.shape[0] * np.prod([-(-n // s) for n, s in zip(lhs.shape[1:-1], window_strides)])
     if 2 * out_points * np.prod(rhs.shape) < TAP_GRAD_MIN_FLOPS:
@@ -153,12 +154,9 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
 def _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
     if lookup.target_platform() != "cpu" or not cpu_has_bf16_dots():
         return False
-    plain = (groups == 1 and lhs.ndim == 4 and not isinstance(padding, str)
-             and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))))
-    if not plain or rhs.shape[2] < TAPS_MIN_CHANNELS:
+    if lhs.ndim != 4 or isinstance(padding, str) or rhs.shape[2] < TAPS_MIN_CHANNELS:
         return False
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    return jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+    return _channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups)
 
 
 def taps_conv(x, w, strides, padding):
