@@ -11,9 +11,16 @@ axis 'data'. A run may span several processes (hosts), each owning its local dev
   inputs (`process_share`) on a mesh of its own devices (`make_mesh(local=True)`). Results meet on
   disk or through `allgather`.
 - Only the main process writes manifests, reports and logs; `barrier` orders the writes.
+
+On CPUs the cross-process collectives run over gloo, which connects the processes of a device group
+the first time a collective uses that group and gives up after 30 s if one process is not there yet
+(a process still compiling its train step, or writing a shard). `initialize` therefore connects the
+groups that later steps use while every process stands at the same point, and `barrier` waits on
+the coordination service rather than on a collective.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,6 +31,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 ENV_COORDINATOR = "REFINE_JAX_COORDINATOR"     # host:port of process 0
 ENV_NUM_PROCESSES = "REFINE_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "REFINE_JAX_PROCESS_ID"
+BARRIER_TIMEOUT_S = 3600     # a barrier waits this long for the slowest process (its share of a stage)
+_barrier_count = itertools.count()  # every process passes the same barriers in the same order
 
 
 def _on_multi_worker_tpu() -> bool:
@@ -55,11 +64,33 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
             raise ValueError(f"process_id {process_id} is not in [0, {num_processes})")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
+        _connect_cpu_collectives()
         return True
     if _on_multi_worker_tpu():
         jax.distributed.initialize()
         return True
     return False
+
+
+def _coordination_client():
+    from jax._src import distributed  # the runtime's client, as Orbax and jax's own serialization use it
+    return distributed.global_state.client
+
+
+def _connect_cpu_collectives() -> None:
+    """Connect, while the processes stand together, the gloo groups of later collectives: all
+    devices (a training step's gradient and metric all-reduce) and one device per process
+    (`allgather`). Without this the first train step's all-reduce connects them, and a process that
+    reaches it more than 30 s before another aborts with "Gloo context initialization failed"."""
+    if jax.default_backend() != "cpu":
+        return
+    barrier("connect collectives")
+    mesh = make_mesh()
+    ones = global_batch(np.ones((jax.local_device_count(),), np.float32), mesh)
+    total = float(jax.jit(lambda x: x.sum(), out_shardings=replicated(mesh))(ones))
+    if total != jax.device_count():
+        raise RuntimeError(f"the all-reduce over {jax.device_count()} devices gave {total}")
+    allgather(np.zeros(1, np.float32))
 
 
 def make_mesh(num_devices: Optional[int] = None, local: bool = False) -> Mesh:
@@ -130,10 +161,11 @@ def is_main_process() -> bool:
 
 
 def barrier(name: str) -> None:
-    """Wait until every process gets here (no-op with one process)."""
+    """Wait until every process gets here (no-op with one process), on the coordination service:
+    no collective, so no device group to connect (module docstring)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+        _coordination_client().wait_at_barrier(f"{name} #{next(_barrier_count)}",
+                                               timeout_in_ms=BARRIER_TIMEOUT_S * 1000)
 
 
 def shutdown() -> None:

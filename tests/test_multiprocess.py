@@ -5,6 +5,7 @@ the eval stage splits its clips over the processes and gathers the same metrics.
 import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -67,9 +68,15 @@ def _run_two_processes(d, workdir):
                               env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    if any(p.returncode for p in procs):  # both tails: the failing process may be the one waiting
-        pytest.fail("\n".join(f"process {i} exited {p.returncode}:\n{err[-2500:]}"
-                               for i, (p, (_, err)) in enumerate(zip(procs, outs))))
+    if any(p.returncode for p in procs):  # both: the failing process may be the one waiting
+        pytest.fail("\n".join(_failure(i, p.returncode, err) for i, (p, (_, err)) in enumerate(zip(procs, outs))))
+
+
+def _failure(i: int, returncode: int, err: str) -> str:
+    """A process's error lines first (an abort's stack trace would fill the tail), then its tail."""
+    errors = [line for line in err.splitlines() if re.search(r"Error|Exception|DEADLINE", line)]
+    return (f"process {i} exited {returncode}; its error lines:\n" + "\n".join(errors[:20])
+            + f"\nits last lines:\n{err[-1500:]}")
 
 
 def _run_one_process(d, workdir):
@@ -150,3 +157,38 @@ def _scalars(workdir):
             for v in event.summary.value:
                 out[(v.tag, event.step)] = float(tf.make_ndarray(v.tensor))
     return out
+
+
+LATE_PROCESS = """
+import sys, time
+import jax, numpy as np
+from refine_jax import parallel
+pid = int(sys.argv[1])
+parallel.initialize(sys.argv[2], 2, pid)
+mesh = parallel.make_mesh()
+if pid == 1:
+    time.sleep(35)  # longer than gloo's 30 s to connect a device group
+x = parallel.global_batch(np.full((jax.local_device_count(), 3), pid + 1, np.float32), mesh)
+mean = jax.jit(lambda a: a.mean(axis=0), out_shardings=parallel.replicated(mesh))(x)
+print("mean", np.asarray(mean).tolist(), "gathered", parallel.allgather(np.asarray([pid])).ravel().tolist())
+parallel.shutdown()
+"""
+
+
+def test_late_process_meets_collectives():
+    """A process that reaches the first all-reduce over every device 35 s after the other (still
+    compiling its train step, say) joins it: `initialize` connected that device group up front."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", LATE_PROCESS, str(i), f"127.0.0.1:{port}"], env=_env(4),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=180) for p in procs]
+    except subprocess.TimeoutExpired:  # one process failed, the other waits for it
+        for p in procs:
+            p.kill()
+        outs = [p.communicate() for p in procs]
+    if any(p.returncode for p in procs):
+        pytest.fail("\n".join(_failure(i, p.returncode, err) for i, (p, (_, err)) in enumerate(zip(procs, outs))))
+    for out, _ in outs:
+        assert "mean [1.5, 1.5, 1.5] gathered [0, 1]" in out, out
