@@ -138,3 +138,21 @@ def test_too_small_frames(converted):
     cfg, variables = converted("pips")
     with pytest.raises(ValueError, match="too small for PIPs at stride 8"):
         Pips(cfg).apply(variables, jnp.zeros((1, 1, 2)), jnp.zeros((1, 8, 120, 200, 3)), iters=1)
+
+
+def test_layer_norm_matches_flax_value_and_gradient():
+    """The mixer's LayerNorm (gradient written out) gives nn.LayerNorm's values bit for bit and its
+    gradients to float32 precision, with the same parameters."""
+    import flax.linen as nn
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(6, 8, 32)).astype(np.float32) * 3 + 1)
+    params = {"scale": jnp.asarray(rng.normal(size=32).astype(np.float32)),
+              "bias": jnp.asarray(rng.normal(size=32).astype(np.float32))}
+    ours, ref = pips_lib.layer_norm(), nn.LayerNorm(epsilon=pips_lib.EPS, use_fast_variance=False)
+    assert jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == \
+        jax.tree_util.tree_map(jnp.shape, ref.init(jax.random.PRNGKey(0), x))
+    w = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+    loss = lambda m: jax.jit(jax.grad(lambda p, x: (m.apply({"params": p}, x) * w).sum(), argnums=(0, 1)))
+    np.testing.assert_array_equal(jax.jit(ours.apply)({"params": params}, x), jax.jit(ref.apply)({"params": params}, x))
+    for a, b in zip(jax.tree_util.tree_leaves(loss(ours)(params, x)), jax.tree_util.tree_leaves(loss(ref)(params, x))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
