@@ -67,9 +67,21 @@ def _run_two_processes(d, workdir):
                                                    f"--process_id={i}"],
                               env=_env(4), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    _wait(procs, timeout=600)
+
+
+def _wait(procs, timeout: float) -> list:
+    """(stdout, stderr) of each process; fails the test, with both processes' errors, if one
+    exits non-zero or they outlast `timeout` (one failed and the other waits for it)."""
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        outs = [p.communicate() for p in procs]
     if any(p.returncode for p in procs):  # both: the failing process may be the one waiting
         pytest.fail("\n".join(_failure(i, p.returncode, err) for i, (p, (_, err)) in enumerate(zip(procs, outs))))
+    return outs
 
 
 def _failure(i: int, returncode: int, err: str) -> str:
@@ -182,13 +194,5 @@ def test_late_process_meets_collectives():
     procs = [subprocess.Popen([sys.executable, "-c", LATE_PROCESS, str(i), f"127.0.0.1:{port}"], env=_env(4),
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=180) for p in procs]
-    except subprocess.TimeoutExpired:  # one process failed, the other waits for it
-        for p in procs:
-            p.kill()
-        outs = [p.communicate() for p in procs]
-    if any(p.returncode for p in procs):
-        pytest.fail("\n".join(_failure(i, p.returncode, err) for i, (p, (_, err)) in enumerate(zip(procs, outs))))
-    for out, _ in outs:
+    for out, _ in _wait(procs, timeout=180):
         assert "mean [1.5, 1.5, 1.5] gathered [0, 1]" in out, out

@@ -86,11 +86,11 @@ def gelu(x):
 @jax.custom_vjp
 def _layer_norm(x, scale, bias):
     """LayerNorm over the last axis, as nn.LayerNorm(use_fast_variance=False) computes it."""
-    c = x - x.mean(-1, keepdims=True)
-    return c * (jax.lax.rsqrt((c * c).mean(-1, keepdims=True) + EPS) * scale) + bias
+    return _layer_norm_forward(x, scale, bias)[0]
 
 
 def _layer_norm_forward(x, scale, bias):
+    """The normalised x and what the gradient needs: (x - mean) / std, 1 / std, scale."""
     c = x - x.mean(-1, keepdims=True)
     r = jax.lax.rsqrt((c * c).mean(-1, keepdims=True) + EPS)
     return c * (r * scale) + bias, (c * r, r, scale)
