@@ -127,7 +127,7 @@ class EvalConfig:
     # RAFT's InputPadder mode: 'auto' pads as the official evaluation of the data does ('kitti', all
     # rows below, for KITTI shard folders; 'sintel', split evenly, for everything else)
     pad_mode: str = "auto"
-    # the label-free proxies (RAFT; evaluation/proxies.py) on every clip, and source drift on this
+    # the label-free proxies (RAFT: evaluation/proxies.py, PIPs: track_proxies.py) on every clip, and source drift on this
     # many procedural source clips; their verdict (evaluation/verdict.py) decides what the guard exports
     proxies: bool = True
     source_clips: int = 4

@@ -35,8 +35,9 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
     r = evaluate.run(config, str(tmp_path / "run"), progress=False)
 
     assert r["ground_truth"] is False and r["primary"] == "cycle_pass" and r["after"] is None
-    # the label-free diagnostics, and for flow the proxies (evaluation/proxies.py), all finite here
-    proxies = {"kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "flow_mag", "source_epe"} if is_flow else set()
+    # the label-free diagnostics and the proxies (evaluation/proxies.py, track_proxies.py), all finite here
+    proxies = ({"kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "flow_mag", "source_epe"} if is_flow else
+               {"kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "track_mag", "source_ate"})
     assert set(r["before"]) == {"cycle_pass", "photometric_error"} | proxies and r["speed_bins"] == {}
     assert all(np.isfinite(r["before"][k]) for k in proxies)
     assert 0 <= r["before"]["cycle_pass"] <= 1 and np.isfinite(r["before"]["photometric_error"])

@@ -38,11 +38,9 @@ def test_runlocal_all_stages(config, tmp_path):
     assert exported["exported"] == m["exported"]["model"] and exported["verdict"] == m["verdict"]["verdict"]
     assert m["exported"]["metrics"] == m["after" if m["exported"]["model"] == "refined" else "before"]
     assert "label-free verdict: " in proc.stdout
-    if config == "raft":
-        assert {"kw_epe", "fb_auc", "fb_1px", "chain_err", "source_epe"} <= set(m["proxy_changes"])
-        assert "## Did refinement help? (label-free verdict)" in report
-    else:  # no track proxies yet: the guard keeps the initial model
-        assert m["verdict"]["verdict"] == "cannot tell" and m["exported"]["model"] == "initial"
+    proxies = ({"kw_epe", "fb_auc", "fb_1px", "chain_err", "source_epe"} if config == "raft" else
+               {"kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "source_ate"})
+    assert proxies <= set(m["proxy_changes"]) and "## Did refinement help? (label-free verdict)" in report
     prov = json.loads((wd / "pretrain" / "model" / "model.json").read_text())["provenance"]
     assert "source_metrics" in prov and "recipe" in prov
     assert os.listdir(wd / "tensorboard")

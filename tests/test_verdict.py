@@ -123,11 +123,95 @@ def test_proxy_study_scores_each_proxy_and_the_held_out_verdict(tmp_path):
     assert s["mean_change_exported"] < 0 and s["worst_change_refined"] > 0
     assert "kw_epe" in rep["chosen_rule"]["proxies"]
     assert "| kw_epe | 12 | 1.00 |" in proxy_study.markdown(rep)
+    assert rep["kind"] == "flow" and rep["loso"]["worst_worse_by_exported"] <= 0.0 < rep["loso"]["worst_worse_by_refined"]
+    # one rule per task kind: a study of tracks beside one of flow is refused
+    with open(os.path.join(root, "fog_1", "seed0", "eval", "metrics.json")) as f:
+        m = json.load(f)
+    os.makedirs(os.path.join(root, "fog_2", "seed0", "eval"))
+    with open(os.path.join(root, "fog_2", "seed0", "eval", "metrics.json"), "w") as f:
+        json.dump({**m, "kind": "tracks"}, f)
+    with pytest.raises(ValueError, match="mix task kinds"):
+        proxy_study.report(proxy_study.read_cells([root]))
 
 
-def test_the_installed_rule_and_its_record_come_from_the_study():
-    with open(verdict.RECORD) as f:
+@pytest.mark.parametrize("kind,proxy", [("flow", "chain_rel"), ("tracks", "kw_track_err")])
+def test_the_installed_rule_and_its_record_come_from_the_study(kind, proxy):
+    if not os.path.exists(verdict.RECORDS[kind]):
+        assert verdict.installed_rule(kind) == verdict.DEFAULT_RULES[kind]
+        assert "No study record" in verdict.record_lines(kind)[0]
+        return
+    with open(verdict.RECORDS[kind]) as f:
         rec = json.load(f)
-    assert verdict.RULE == verdict.Rule(**{**rec["rule"], "proxies": tuple(rec["rule"]["proxies"])})
-    lines = "\n".join(verdict.record_lines())
-    assert f"({rec['cells']} cells" in lines and "| chain_rel |" in lines and "leave-one-shift-out" in lines
+    assert verdict.installed_rule(kind) == verdict.Rule(**{**rec["rule"], "proxies": tuple(rec["rule"]["proxies"])})
+    lines = "\n".join(verdict.record_lines(kind))
+    assert f"({rec['cells']} cells" in lines and f"| {proxy} |" in lines and "leave-one-shift-out" in lines
+
+
+def test_known_warp_clips_carry_exact_tracks_and_end_on_the_pair(frame):
+    pts = np.stack(np.meshgrid(np.arange(8.0, 120, 8), np.arange(8.0, 88, 8)), -1).reshape(-1, 2)
+    seed = known_warp.clip_seed("v", 0)
+    frames, tracks, visible = known_warp.make_clip(frame, seed, 6, pts)
+    assert frames.shape == (6, 96, 128, 3) and tracks.shape == (len(pts), 6, 2) and visible[:, 0].all()
+    np.testing.assert_array_equal(tracks[:, 0], pts)
+    # the colour under each visible track stays the query's; a track 1 px off does not
+    colour = lambda t, xy: known_warp.sample(frames[t].astype(np.float64), xy)
+    ref = colour(0, pts)
+    err = np.mean([np.abs(colour(t, tracks[:, t]) - ref).mean(-1)[visible[:, t]].mean() for t in range(1, 6)])
+    off = np.mean([np.abs(colour(t, tracks[:, t] + [1.0, 0.0]) - ref).mean(-1)[visible[:, t]].mean()
+                   for t in range(1, 6)])
+    assert err < 1.5 and off > 2 * err, (err, off)
+    # the last frame is the pair's second image, and the tracks end where the pair's flow sends them
+    im1, im2, flow, valid = known_warp.make_pair(frame, seed)
+    np.testing.assert_array_equal(frames[0], im1)
+    np.testing.assert_array_equal(frames[-1], im2)
+    xi, yi = pts[:, 0].astype(int), pts[:, 1].astype(int)
+    np.testing.assert_allclose(tracks[:, -1][valid[yi, xi]], (pts + flow[yi, xi])[valid[yi, xi]], atol=1e-3)
+    np.testing.assert_array_equal(visible[:, -1], valid[yi, xi])
+
+
+class _ConstantVelocity:
+    """A stand-in tracker for the proxies' arithmetic: every query moves by `v` px per frame from
+    its own frame, plus `drift` px per frame counted from frame 0 whatever the query frame (a
+    tracker whose answer depends on where it starts)."""
+
+    def __init__(self, v, drift=(0.0, 0.0)):
+        self.v, self.drift = np.asarray(v, np.float32), np.asarray(drift, np.float32)
+
+    def __call__(self, frames, queries):
+        t = np.arange(len(frames), dtype=np.float32)[None, :, None]
+        q = np.asarray(queries, np.float32)
+        tracks = q[:, None, 1:] + (t - q[:, :1, None]) * self.v + t * self.drift * (q[:, :1, None] == 0)
+        return {"tracks": tracks, "visible": np.ones(tracks.shape[:2], bool)}
+
+
+def test_track_proxies_requery_and_known_warp_arithmetic(frame):
+    from refine_jax.evaluation import track_proxies
+    frames = np.repeat(frame[None], 8, 0)
+    grid = np.concatenate([np.zeros((64, 1)), track_proxies.cycle.grid_points(96, 128, 8)], -1)
+
+    def first(tracker):  # the model's tracks from frame-0 queries, as the labelling check gives them
+        out = tracker(frames, grid)
+        return frames, out["tracks"], out["visible"]
+    steady = _ConstantVelocity((1.0, 0.5))
+    consistent = track_proxies.requery_errors(steady, *first(steady))
+    assert consistent["requery_err"] == pytest.approx(0.0, abs=1e-5) and consistent["requery_rel"] == pytest.approx(0.0, abs=1e-6)
+    assert consistent["track_mag"] == pytest.approx(np.hypot(1.0, 0.5), rel=1e-5)
+    # the first track drifts 0.5 px/frame more than the re-queried one: at frame t the two differ
+    # by 0.5 |t - 4| (the re-query starts at frame 4, on the first track)
+    drifter = _ConstantVelocity((1.0, 0.0), drift=(0.5, 0.0))
+    drifting = track_proxies.requery_errors(drifter, *first(drifter))
+    diffs = [0.5 * abs(t - 4) for t in range(8) if t != 4]
+    assert drifting["requery_err"] == pytest.approx(np.mean(diffs), rel=1e-4)
+    assert drifting["requery_rel"] == pytest.approx(sum(diffs) / sum(1.5 * abs(t - 4) for t in range(8) if t != 4), rel=1e-4)
+    # known warp: a tracker that answers with the exact tracks scores 0; one held still does not
+    clip = synthetic.render_video(synthetic.domain("target"), 5, 3, 96, 128)
+    mid = clip.frames[1]
+    pts = track_proxies.cycle.grid_points(96, 128, track_proxies.GRID)
+    _, truth, _ = known_warp.make_clip(mid, known_warp.clip_seed(clip.video_id, clip.clip_start), 8, pts,
+                                       track_proxies.TRACK_WARP)
+
+    def exact(frames, queries):
+        assert np.array_equal(queries[:, 1:], pts)
+        return {"tracks": truth, "visible": np.ones(truth.shape[:2], bool)}
+    assert track_proxies.known_warp_error(exact, clip, 8) == pytest.approx(0.0, abs=1e-6)
+    assert track_proxies.known_warp_error(_ConstantVelocity((0.0, 0.0)), clip, 8) > 1.0

@@ -13,7 +13,13 @@ Background flow at p is the q with M(q) = p + d (M is inverted by fixed-point it
 cut-out in image 2 are marked unknown. Nothing depends on any model's estimate; the warp is drawn
 from the seed alone.
 
-Shapes: frames (H, W, 3) uint8; flow (H, W, 2) px, (x, y); valid (H, W) bool.
+`make_clip` does the same over T frames for a tracker: frame t is I(M_t(q)) with M_t blended
+linearly from p + d (t = 0) to the pair's M (t = T - 1), and the cut-out moves from c1 by a share
+t / (T - 1) of its motion; a query point's track is the q solving M_t(q) = p + d (or the cut-out's
+motion), hidden where the cut-out covers it or it leaves the frame.
+
+Shapes: frames (H, W, 3) uint8; flow (H, W, 2) px, (x, y); valid (H, W) bool; tracks (N, T, 2) px;
+visible (N, T) bool.
 """
 from __future__ import annotations
 
@@ -91,15 +97,38 @@ def _smooth_field(rng, h: int, w: int, r: WarpRange) -> np.ndarray:
     return r.field * f / max(np.abs(f).max(), 1e-6)
 
 
-def make_pair(frame: np.ndarray, seed: int, r: WarpRange = WarpRange()):
-    """(image1, image2 (H, W, 3) uint8, flow (H, W, 2) px, valid (H, W) bool) from one frame."""
+def _draw(frame: np.ndarray, seed: int, r: WarpRange):
+    """The seed's warp of one frame: (blurred source (H, W, 3) float, d (2,), homography, field
+    (H, W, 2), cut-out or None: (c0, c1, motion, radii)). Draw order fixed: pairs and clips of a
+    seed share their warp."""
     h, w = frame.shape[:2]
     rng = np.random.default_rng(seed)
     src = ndimage.gaussian_filter(frame.astype(np.float64), (r.blur, r.blur, 0)) if r.blur else frame.astype(np.float64)
-    grid = pixel_grid(h, w)
     d = rng.uniform(-0.5, 0.5, 2)
     hom = _homography(rng, h, w, r)
     field = _smooth_field(rng, h, w, r)
+    side = min(h, w)
+    radii = r.layer_size * side * rng.uniform(0.6, 1.0, 2) / 2
+    margin = radii.max() + r.layer_motion[1]
+    cut = None
+    if min(h, w) > 2 * margin + 2:
+        pick = lambda: np.array([rng.uniform(margin, w - 1 - margin), rng.uniform(margin, h - 1 - margin)])
+        c0, c1 = pick(), pick()
+        ang = rng.uniform(0, 2 * np.pi)
+        motion = rng.uniform(*r.layer_motion) * np.array([np.cos(ang), np.sin(ang)])
+        cut = (c0, c1, motion, radii)
+    return src, d, hom, field, cut
+
+
+def _in_ellipse(p: np.ndarray, c: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    return (((p - c) / radii) ** 2).sum(-1) <= 1.0
+
+
+def make_pair(frame: np.ndarray, seed: int, r: WarpRange = WarpRange()):
+    """(image1, image2 (H, W, 3) uint8, flow (H, W, 2) px, valid (H, W) bool) from one frame."""
+    h, w = frame.shape[:2]
+    src, d, hom, field, cut = _draw(frame, seed, r)
+    grid = pixel_grid(h, w)
     field_at = lambda q: sample(field, q)
     m_of = lambda q: _apply_h(hom, q) + field_at(q)
     im1, im2 = sample(src, grid + d), sample(src, m_of(grid))
@@ -110,24 +139,51 @@ def make_pair(frame: np.ndarray, seed: int, r: WarpRange = WarpRange()):
         q = _apply_h(inv, target - field_at(q))
     flow = q - grid
     # the cut-out: an ellipse of the frame around c0, at c1 in image 1 and c2 = c1 + motion in image 2
-    side = min(h, w)
-    radii = r.layer_size * side * rng.uniform(0.6, 1.0, 2) / 2
-    margin = radii.max() + r.layer_motion[1]
-    if min(h, w) > 2 * margin + 2:
-        pick = lambda: np.array([rng.uniform(margin, w - 1 - margin), rng.uniform(margin, h - 1 - margin)])
-        c0, c1 = pick(), pick()
-        ang = rng.uniform(0, 2 * np.pi)
-        motion = rng.uniform(*r.layer_motion) * np.array([np.cos(ang), np.sin(ang)])
+    if cut is not None:
+        c0, c1, motion, radii = cut
         c2 = c1 + motion
-        inside = lambda p, c: (((p - c) / radii) ** 2).sum(-1) <= 1.0
-        in1, in2 = inside(grid, c1), inside(grid, c2)
+        in1, in2 = _in_ellipse(grid, c1, radii), _in_ellipse(grid, c2, radii)
         im1[in1] = sample(src, grid[in1] - c1 + c0 + d)
         im2[in2] = sample(src, grid[in2] - c2 + c0 + d)
-        covered = inside(grid + flow, c2) & ~in1   # background hidden by the cut-out in image 2
+        covered = _in_ellipse(grid + flow, c2, radii) & ~in1   # background hidden by the cut-out in image 2
         flow[in1] = motion
     else:
-        in1 = np.zeros((h, w), bool)
         covered = np.zeros((h, w), bool)
     valid = inside_frame(grid + flow, h, w) & ~covered
-    to_u8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)
-    return to_u8(im1), to_u8(im2), flow.astype(np.float32), valid
+    return _to_u8(im1), _to_u8(im2), flow.astype(np.float32), valid
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def make_clip(frame: np.ndarray, seed: int, num_frames: int, points: np.ndarray, r: WarpRange = WarpRange()):
+    """(frames (T, H, W, 3) uint8, tracks (N, T, 2) px, visible (N, T) bool) of `points` (N, 2)
+    (x, y) in frame 0, from one frame: the pair's warp reached in T - 1 equal steps."""
+    h, w = frame.shape[:2]
+    src, d, hom, field, cut = _draw(frame, seed, r)
+    grid = pixel_grid(h, w)
+    pts = np.asarray(points, np.float64)
+    field_at = lambda q: sample(field, q)
+    frames, tracks, hidden = [], [], []
+    in_layer = _in_ellipse(pts, cut[1], cut[3]) if cut is not None else np.zeros(len(pts), bool)
+    for t in range(num_frames):
+        f = t / max(num_frames - 1, 1)
+        m_of = lambda q: q + d + f * (_apply_h(hom, q) + field_at(q) - q - d)
+        im = sample(src, m_of(grid))
+        q = pts.copy()
+        for _ in range(50):  # M_t(q) = p + d; M_t is within a few % of a translation, so this contracts
+            q = q - (m_of(q) - (pts + d))
+        covered = np.zeros(len(pts), bool)
+        if cut is not None:
+            c0, c1, motion, radii = cut
+            ct = c1 + f * motion
+            inside = _in_ellipse(grid, ct, radii)
+            im[inside] = sample(src, grid[inside] - ct + c0 + d)
+            q[in_layer] = pts[in_layer] + f * motion
+            covered = _in_ellipse(q, ct, radii) & ~in_layer
+        frames.append(_to_u8(im))
+        tracks.append(q)
+        hidden.append(covered | ~inside_frame(q, h, w))
+    tracks = np.stack(tracks, 1).astype(np.float32)
+    return np.stack(frames), tracks, ~np.stack(hidden, 1)

@@ -28,11 +28,14 @@ from refine_jax.evaluation import known_warp
 
 FB_MAX = 3.0  # px
 SOURCE_SEED = 424242  # the drift clips' dataset seed: none of the demo's sets uses it
-# the direction of each proxy (True: lower is better; None: a scale, no direction), with the
-# evaluation's older label-free diagnostics (evaluation/flow.py) beside them
+# the direction of each proxy, flow's and tracks' (True: lower is better; None: a scale, no
+# direction), with the evaluation's older label-free diagnostics (evaluation/flow.py) beside them
 LOWER_IS_BETTER = {"kw_epe": True, "fb_auc": False, "fb_1px": False, "chain_err": True, "chain_rel": True,
                    "source_epe": True,
-                   "flow_mag": None, "cycle_pass": False, "photometric_error": True}
+                   "flow_mag": None, "cycle_pass": False, "photometric_error": True,
+                   # tracks (evaluation/track_proxies.py)
+                   "kw_track_err": True, "requery_err": True, "requery_rel": True, "source_ate": True,
+                   "track_mag": None}
 
 
 def fb_scores(fb: np.ndarray) -> Dict[str, float]:

@@ -119,7 +119,7 @@ def verdict_section(r) -> list:
             lines.append(f"| {k} | {'lower' if lower_is_better(k) else 'higher'} | {c['change']:+.2f} | "
                          f"[{c['lo']:+.2f}, {c['hi']:+.2f}] | {c['clips']} |")
         lines.append("")
-    lines += verdict_lib.record_lines()
+    lines += verdict_lib.record_lines(r.get("kind", "flow"))
     return lines
 
 

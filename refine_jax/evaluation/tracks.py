@@ -10,7 +10,7 @@ from typing import Dict, List
 import numpy as np
 
 from refine_jax import parallel
-from refine_jax.evaluation import metrics
+from refine_jax.evaluation import metrics, proxies, track_proxies
 from refine_jax.evaluation.common import label_config
 from refine_jax.speed import bin_names, bin_of
 from refine_jax.settings import EvalConfig
@@ -73,12 +73,13 @@ def _photo_sum(frames: np.ndarray, tracks: np.ndarray) -> float:
 TRACK_FREE_SUMS = ("queries", "passed", "photo_sum", "photo_n", "still_photo_sum", "still_photo_n")
 
 
-def track_label_free(labeler, clip) -> Dict[str, float]:
-    """Grid queries on every labelling window of the clip, any footage: how many pass the cycle
-    check, the photometric error sums (grey levels) of the passing tracks against their query's
-    colour, and of every query held still (the trivial baseline, which passes any cycle check)."""
+def track_label_free(windows, clip) -> Dict[str, float]:
+    """Grid queries on every labelling window of the clip (`windows`: TrackLabeler.estimate's
+    output), any footage: how many pass the cycle check, the photometric error sums (grey levels)
+    of the passing tracks against their query's colour, and of every query held still (the
+    trivial baseline, which passes any cycle check)."""
     out = dict.fromkeys(TRACK_FREE_SUMS, 0.0)
-    for st, tracks, keep, _, _ in labeler.estimate(clip):
+    for st, tracks, keep, _, _, _ in windows:
         frames = clip.frames[st:st + tracks.shape[1]]
         still = np.repeat(tracks[:, :1], tracks.shape[1], axis=1)
         out["queries"] += len(keep)
@@ -106,21 +107,26 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
     """{'model', 'baseline' (query held still, always visible), 'bins' (track share per GT speed
     bin), 'example'}: TAP-Vid and ATE metrics per clip with ground-truth tracks, averaged over the
     clips of every process; the label-free diagnostics (with `eval.label_free`) over every clip,
-    so footage without ground truth still gets a report."""
+    so footage without ground truth still gets a report; with `eval.proxies`, 'proxy_rows' (per
+    clip) and 'source_rows' (per source clip) of evaluation/track_proxies.py."""
     from refine_jax.labels.tracks import TrackLabeler
     from refine_jax.models.pips_chain import ChainedTracker
     tracker = ChainedTracker(dataclasses.replace(loaded.cfg, stride=ec.stride), loaded.variables,
                              iters=ec.iters or 6)
     labeler = None
-    if ec.label_free:
+    if ec.label_free or ec.proxies:
         lc = label_config(config, ec.iters or 6)  # grid queries: they need no ground truth
         lc = dataclasses.replace(lc, stride=ec.stride, use_gt_points=False, grid=lc.grid or 12,
                                  densify_window=0, max_queries=max(lc.grid or 12, 1) ** 2)
         labeler = TrackLabeler(loaded.cfg, loaded.variables, lc, parallel.make_mesh(1, local=True))
-    rows, base_rows, free, example = [], [], [], None
+    rows, base_rows, free, proxy_rows, example, clips_hw = [], [], [], [], None, None
     for c in clips:
-        if labeler is not None:
-            free.append(track_label_free(labeler, c))
+        clips_hw = c.frames.shape[1:3]
+        windows = list(labeler.estimate(c)) if labeler is not None else []
+        if ec.label_free:
+            free.append(track_label_free(windows, c))
+        if ec.proxies:
+            proxy_rows.append(track_proxies.clip_row(tracker, windows, c, loaded.cfg.S))
         if c.tracks is None:
             continue
         q, hw = c.query_points, c.frames.shape[1:3]
@@ -133,13 +139,17 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
     template = track_row(q, z, v, z, v, ec, (1, 1))
     rows, base_rows = parallel.gather_rows(rows, template), parallel.gather_rows(base_rows, template)
     free = parallel.gather_rows(free, dict.fromkeys(TRACK_FREE_SUMS, 0.0))
+    proxy_rows = parallel.gather_rows(proxy_rows, dict.fromkeys(track_proxies.ROW_KEYS, 0.0))
+    source = (track_proxies.source_rows(tracker, *clips_hw, ec.source_clips, loaded.cfg.S)
+              if ec.proxies and ec.source_clips and clips_hw else [])
     if not rows and not free:
         raise ValueError("no evaluation clip carries ground-truth tracks and the label-free diagnostics are "
                          "off (eval.label_free): there is nothing to measure")
-    model = {**(track_metrics(rows) if rows else {}), **(track_label_free_metrics(free) if free else {})}
+    model = {**(track_metrics(rows) if rows else {}), **(track_label_free_metrics(free) if free else {}),
+             **proxies.means(proxy_rows), **proxies.means(source)}
     baseline = {**(track_metrics(base_rows) if base_rows else {}),
                 **(track_label_free_metrics(free, still=True) if free else {})}
     n = sum(sum(r[f"tracks@{name}"] for name in bin_names()) for r in rows)
     return {"model": model, "baseline": baseline,
             "bins": {name: sum(r[f"tracks@{name}"] for r in rows) / n for name in bin_names()} if n else {},
-            "example": example}
+            "example": example, "proxy_rows": proxy_rows, "source_rows": source}

@@ -12,10 +12,11 @@ better) of the proxies it names:
 (with `interval` False, the gain itself stands for its interval)
   cannot tell  otherwise
 
-The guard exports the refined model only on 'better', else the initial one. RULE is the one the
-shift study chose (python -m refine_jax.tools.proxy_study --install writes it to RECORD; the study's
+The guard exports the refined model only on 'better', else the initial one. Each task kind
+(flow, tracks) has its proxies and its rule: the one its shift study chose (python -m
+refine_jax.tools.proxy_study --install writes it to the kind's record, RECORDS; the study's
 leave-one-shift-out score of this way of choosing, and each proxy's sign agreement with the ground
-truth, are in docs/verdict.md).
+truth, are in docs/verdict.md), else DEFAULT_RULES.
 """
 from __future__ import annotations
 
@@ -41,20 +42,20 @@ class Rule:
     interval: bool = True                      # judge the interval's bounds (False: the change itself)
 
 
-RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxy_record.json")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+RECORDS = {"flow": os.path.join(_HERE, "proxy_record.json"),
+           "tracks": os.path.join(_HERE, "proxy_record_tracks.json")}
+DEFAULT_RULES = {"flow": Rule(), "tracks": Rule(proxies=("kw_track_err",), drift="source_ate")}
 
 
-def installed_rule() -> Rule:
-    """The rule the shift study chose (RECORD's 'rule'), else the default Rule()."""
-    if os.path.exists(RECORD):
-        with open(RECORD) as f:
+def installed_rule(kind: str = "flow") -> Rule:
+    """The rule the kind's shift study chose (its record's 'rule'), else DEFAULT_RULES[kind]."""
+    if os.path.exists(RECORDS[kind]):
+        with open(RECORDS[kind]) as f:
             r = json.load(f).get("rule")
         if r:
             return Rule(**{**r, "proxies": tuple(r["proxies"])})
-    return Rule()
-
-
-RULE = installed_rule()
+    return DEFAULT_RULES[kind]
 
 
 def paired_change(before: Sequence[float], after: Sequence[float], seed: int = 0) -> Dict[str, float]:
@@ -95,7 +96,7 @@ def changes(before_rows: List[dict], after_rows: List[dict]) -> Dict[str, Dict[s
     return out
 
 
-def decide(ch: Dict[str, Dict[str, float]], rule: Rule = RULE) -> Dict[str, object]:
+def decide(ch: Dict[str, Dict[str, float]], rule: Rule) -> Dict[str, object]:
     """{'verdict': 'better' | 'worse' | 'cannot tell', 'because': [one line per deciding proxy],
     'rule': the rule}. A deciding proxy that could not be measured makes it 'cannot tell'."""
     because, votes = [], []
@@ -134,13 +135,13 @@ def exported_model(verdict: Optional[str], guard: bool) -> str:
     return "refined" if (not guard or verdict == "better") else "initial"
 
 
-def record_lines() -> List[str]:
-    """Lines on how well each proxy and the verdict predicted the ground truth in the shift study
-    (RECORD, written by refine_jax.tools.proxy_study), for reading the numbers above."""
-    if not os.path.exists(RECORD):
-        return ["No study record of the proxies is installed (refine_jax/evaluation/proxy_record.json): "
-                "read the verdict without a track record.", ""]
-    with open(RECORD) as f:
+def record_lines(kind: str = "flow") -> List[str]:
+    """Lines on how well each proxy and the verdict predicted the ground truth in the kind's shift
+    study (RECORDS[kind], written by refine_jax.tools.proxy_study), for reading the numbers above."""
+    if not os.path.exists(RECORDS[kind]):
+        return [f"No study record of the {kind} proxies is installed (refine_jax/evaluation/"
+                f"{os.path.basename(RECORDS[kind])}): read the verdict without a track record.", ""]
+    with open(RECORDS[kind]) as f:
         rec = json.load(f)
     lines = [f"How these proxies predicted the ground-truth change in the shift study ({rec['cells']} cells, "
              f"{rec['study']}; docs/verdict.md):", "",

@@ -127,7 +127,7 @@ class TrackLabeler:
 
     def estimate(self, clip: shards.Clip):
         """Per labelling window of the clip: (start, tracks (n, S, 2) px, keep (n,) bool, visible
-        (n, S) bool, n_gt) for its n queries (GT points first, then the grid)."""
+        (n, S) bool, n_gt, cycle error (n,) px) for its n queries (GT points first, then the grid)."""
         s = self.cfg.S
         t, h, w = clip.frames.shape[:3]
         starts = list(range(0, t - s + 1, self.lc.window_hop))
@@ -137,17 +137,17 @@ class TrackLabeler:
             qs = [self._queries(clip, st, h, w) for st in ws]
             frames = parallel.pad_batch(np.stack([clip.frames[st:st + s] for st in ws]), bs)
             xys = parallel.pad_batch(np.stack([q for q, _, _ in qs]), bs)
-            coords, vis, keep, _ = (np.asarray(x)[:len(ws)] for x in self.fn(self.variables, frames, xys))
+            coords, vis, keep, err = (np.asarray(x)[:len(ws)] for x in self.fn(self.variables, frames, xys))
             for j, st in enumerate(ws):
                 _, n, n_gt = qs[j]
-                yield st, coords[j].transpose(1, 0, 2)[:n], keep[j][:n], vis[j].T[:n], n_gt
+                yield st, coords[j].transpose(1, 0, 2)[:n], keep[j][:n], vis[j].T[:n], n_gt, err[j][:n]
 
     def label_clip(self, clip: shards.Clip, stats: dict) -> Iterator[shards.Clip]:
         s = self.cfg.S
         if clip.frames.shape[0] < s:
             _add(stats, "short_clips_skipped", 1)
             return
-        for st, tracks, keep, vis, n_gt in self.estimate(clip):
+        for st, tracks, keep, vis, n_gt, _ in self.estimate(clip):
             n = len(tracks)
             kept = np.nonzero(keep)[0]
             self.gt_stats(stats, clip, st, tracks, keep, n_gt)

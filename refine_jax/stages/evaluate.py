@@ -21,8 +21,9 @@ baseline. On clips without ground truth they are all the report holds (primary: 
 Label precision comes from the label manifest: yield and the GT error of kept labels against all
 estimates, overall and per speed bin.
 
-RAFT also gets the label-free proxies (evaluation/proxies.py) per clip, their paired changes with
-bootstrap intervals, and a verdict from them (evaluation/verdict.py: better / worse / cannot tell);
+Both get label-free proxies per clip (RAFT: evaluation/proxies.py; PIPs: track_proxies.py), their
+paired changes with bootstrap intervals, and a verdict from them (evaluation/verdict.py: better /
+worse / cannot tell, by the task's rule);
 the guard saves WORKDIR/exported: the refined model only on 'better' (or with eval.guard off),
 else the initial one. metrics.json keeps 'after' (the last refined step) and adds 'verdict' and
 'exported' (which model, and its metrics).
@@ -125,17 +126,17 @@ def _check_not_unfinished(model_dir: str, name: str) -> None:
                          f"without exporting its model to {model_dir}; rerun its stage to finish it")
 
 
-def judge(m_before: dict, m_after: dict, ec: EvalConfig) -> dict:
-    """The proxies' paired changes and the verdict (evaluation/verdict.py) from the per-clip rows
-    of two measurements: {'proxy_changes', 'verdict'}."""
+def judge(m_before: dict, m_after: dict, ec: EvalConfig, kind: str) -> dict:
+    """The proxies' paired changes and the verdict (evaluation/verdict.py, the rule of the task
+    `kind`) from the per-clip rows of two measurements: {'proxy_changes', 'verdict'}."""
     from refine_jax.evaluation import verdict
     ch = {**verdict.changes(m_before.get("proxy_rows", []), m_after.get("proxy_rows", [])),
           **verdict.changes(m_before.get("source_rows", []), m_after.get("source_rows", []))}
     if not ch:
-        v = {"verdict": "cannot tell", "because": ["no label-free proxy was measured (eval.proxies is off, "
-                                                   "or the task has none: tracks)"], "rule": None}
+        v = {"verdict": "cannot tell", "because": ["no label-free proxy was measured (eval.proxies is off)"],
+             "rule": None}
     else:
-        v = verdict.decide(ch)
+        v = verdict.decide(ch, verdict.installed_rule(kind))
     v["guard"] = ec.guard
     return {"proxy_changes": ch, "verdict": v}
 
@@ -202,10 +203,10 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
         result[name], result[f"model_{name}"], examples[name] = m["model"], fs.abspath(folder), m["example"]
         if name == "after":
             refined = loaded
-            result.update(judge(m_before, m, ec))
+            result.update(judge(m_before, m, ec, task.kind))
         if name == "after" and ec.curve:
             for step, v in _checkpoint_variables(trained):
-                curve_ec = dataclasses.replace(ec, label_free=not has_gt)  # only what the primary needs
+                curve_ec = dataclasses.replace(ec, label_free=not has_gt, proxies=False)  # only what the primary needs
                 mc = measure(checkpoints.LoadedModel(loaded.cfg, v, {}), clips, curve_ec, config)
                 result["curve"].append([step, mc["model"][primary]])
     result["curve"].sort()

@@ -35,9 +35,12 @@ from refine_jax import fs
 from refine_jax.evaluation import verdict as verdict_lib
 from refine_jax.evaluation.proxies import LOWER_IS_BETTER
 
-# candidates: single proxies and pairs, margins (% gain), drift tolerances (% loss; inf = ignored),
-# judged on the bootstrap interval (first: preferred on a tie) or on the change itself
-DECIDING = ("kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "cycle_pass", "photometric_error")
+# candidates per task kind: single proxies and pairs, margins (% gain), drift tolerances (% loss;
+# inf = ignored), judged on the bootstrap interval (first: preferred on a tie) or on the change itself
+DECIDING = {"flow": ("kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "cycle_pass", "photometric_error"),
+            "tracks": ("kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "cycle_pass",
+                       "photometric_error")}
+DRIFT = {"flow": "source_epe", "tracks": "source_ate"}
 MARGINS = (0.0, 0.5, 1.0, 2.0, 5.0)
 DRIFT_TOLERANCES = (float("inf"), 5.0, 2.0)
 HARM = 1.0  # % : a cell whose exported model is worse than this counts as harmed
@@ -46,7 +49,8 @@ HARM = 1.0  # % : a cell whose exported model is worse than this counts as harme
 def define_flags() -> None:
     flags.DEFINE_list("studies", None, "shift study folders")
     flags.DEFINE_string("out", "docs/verdict", "output path without extension")
-    flags.DEFINE_bool("install", False, "also write refine_jax/evaluation/proxy_record.json")
+    flags.DEFINE_bool("install", False, "also write the task kind's record (refine_jax/evaluation/"
+                      "proxy_record*.json, verdict.RECORDS)")
     flags.DEFINE_string("describe", "", "--install: what the studies were, for the reports (default: their folders)")
 
 
@@ -54,8 +58,8 @@ CELL = re.compile(r"(?P<shift>[a-z_]+)_(?P<sev>[\d.]+)/seed(?P<seed>\d+)/eval/me
 
 
 def read_cells(studies: List[str]) -> List[dict]:
-    """One dict per finished cell with its proxies: {'shift', 'severity', 'seed', 'gt_change'
-    (percent), 'changes' {proxy: {'change', 'lo', 'hi'}}, 'metric'}."""
+    """One dict per finished cell with its proxies: {'shift', 'severity', 'seed', 'kind', 'metric',
+    'before', 'after' (its values), 'gt_change' (percent), 'changes' {proxy: {'change', 'lo', 'hi'}}}."""
     out = []
     for root in studies:
         for path in sorted(glob.glob(os.path.join(root, "*", "seed*", "eval", "metrics.json"))):
@@ -71,7 +75,8 @@ def read_cells(studies: List[str]) -> List[dict]:
                     c = 100.0 * (r["after"][k] - r["before"][k]) / r["before"][k]
                     ch[k] = {"change": c, "lo": c, "hi": c, "clips": r["clips"]}
             out.append({"shift": m["shift"], "severity": float(m["sev"]), "seed": int(m["seed"]), "study": root,
-                        "metric": p, "lower_is_better": r["lower_is_better"],
+                        "kind": r.get("kind", "flow"), "metric": p, "lower_is_better": r["lower_is_better"],
+                        "before": b, "after": a,
                         "gt_change": 100.0 * (a - b) / b, "changes": ch})
     return out
 
@@ -129,9 +134,17 @@ def proxy_table(cells: List[dict], seed: int = 0) -> Dict[str, dict]:
     return out
 
 
-def candidate_rules() -> List[verdict_lib.Rule]:
-    sets = [(p,) for p in DECIDING] + list(itertools.combinations(DECIDING, 2))
-    return [verdict_lib.Rule(proxies=s, margin=m, drift="source_epe" if np.isfinite(t) else "",
+def kind_of(cells: List[dict]) -> str:
+    """The task kind of the cells ('flow' or 'tracks'); a mix is an error (one rule per kind)."""
+    kinds = sorted({c["kind"] for c in cells})
+    if len(kinds) != 1:
+        raise ValueError(f"the studies mix task kinds ({', '.join(kinds)}): score flow and tracks separately")
+    return kinds[0]
+
+
+def candidate_rules(kind: str) -> List[verdict_lib.Rule]:
+    sets = [(p,) for p in DECIDING[kind]] + list(itertools.combinations(DECIDING[kind], 2))
+    return [verdict_lib.Rule(proxies=s, margin=m, drift=DRIFT[kind] if np.isfinite(t) else "",
                              drift_tolerance=t if np.isfinite(t) else 0.0, interval=i)
             for i in (True, False) for s in sets for m in MARGINS for t in DRIFT_TOLERANCES]
 
@@ -149,19 +162,19 @@ def utility(verdicts: List[str], cells: List[dict]) -> tuple:
     return (-int(np.sum(gains < -HARM)), float(gains.mean()))
 
 
-def best_rule(cells: List[dict]) -> verdict_lib.Rule:
+def best_rule(cells: List[dict], kind: str) -> verdict_lib.Rule:
     """The candidate with the best utility on `cells` (ties: the first, i.e. the simplest)."""
-    scored = [(utility(apply(r, cells), cells), -k, r) for k, r in enumerate(candidate_rules())]
+    scored = [(utility(apply(r, cells), cells), -k, r) for k, r in enumerate(candidate_rules(kind))]
     return max(scored, key=lambda t: (*t[0], t[1]))[2]
 
 
-def leave_one_shift_out(cells: List[dict]) -> dict:
+def leave_one_shift_out(cells: List[dict], kind: str) -> dict:
     """Each shift's cells judged by the rule chosen on the other shifts' cells."""
     verdicts: List[Optional[str]] = [None] * len(cells)
     chosen = {}
     for shift in sorted({c["shift"] for c in cells}):
         train = [c for c in cells if c["shift"] != shift]
-        rule = best_rule(train) if train else verdict_lib.RULE
+        rule = best_rule(train, kind) if train else verdict_lib.installed_rule(kind)
         chosen[shift] = rule
         for i, c in enumerate(cells):
             if c["shift"] == shift:
@@ -175,6 +188,8 @@ def score(verdicts: List[str], cells: List[dict]) -> dict:
     right = np.array([(v == "better" and x > 0) or (v == "worse" and x < 0) for v, x in zip(verdicts, g)])
     decided = np.array([v != "cannot tell" for v in verdicts])
     exported = np.where([v == "better" for v in verdicts], g, 0.0)
+    # the metric's own units: how much worse than the initial model the handed-back model is
+    worse_by = np.array([(c["after"] - c["before"]) * (1 if c["lower_is_better"] else -1) for c in cells])
     return {"cells": len(cells), "cells_1pct": int(big.sum()),
             "agreement_1pct": float(right[big].mean()) if big.any() else float("nan"),
             "agreement_decided_1pct": float(right[big & decided].mean()) if (big & decided).any() else float("nan"),
@@ -182,7 +197,9 @@ def score(verdicts: List[str], cells: List[dict]) -> dict:
             "counts": {k: int(sum(v == k for v in verdicts)) for k in ("better", "worse", "cannot tell")},
             # changes (percent, lower is better for the metric) of what is handed back
             "mean_change_refined": float(np.mean(-g)), "mean_change_exported": float(np.mean(-exported)),
-            "worst_change_refined": float(np.max(-g)), "worst_change_exported": float(np.max(-exported))}
+            "worst_change_refined": float(np.max(-g)), "worst_change_exported": float(np.max(-exported)),
+            "worst_worse_by_refined": float(np.max(worse_by)),
+            "worst_worse_by_exported": float(np.max(np.where([v == "better" for v in verdicts], worse_by, 0.0)))}
 
 
 def summary_line(s: dict) -> str:
@@ -190,7 +207,9 @@ def summary_line(s: dict) -> str:
             f"ground-truth change is >= 1 % ('cannot tell' a miss; {100 * s['decided_1pct']:.0f} % decided, "
             f"{100 * s['agreement_decided_1pct']:.0f} % of those right); exported model: mean change "
             f"{s['mean_change_exported']:+.2f} % (always refined: {s['mean_change_refined']:+.2f} %), worst cell "
-            f"{s['worst_change_exported']:+.2f} % (always refined: {s['worst_change_refined']:+.2f} %)")
+            f"{s['worst_change_exported']:+.2f} % (always refined: {s['worst_change_refined']:+.2f} %); worst cell in "
+            f"the metric's units {s['worst_worse_by_exported']:+.4f} worse (always refined: "
+            f"{s['worst_worse_by_refined']:+.4f})")
 
 
 def scatter(cells: List[dict], names: List[str], path: str) -> None:
@@ -219,12 +238,15 @@ def scatter(cells: List[dict], names: List[str], path: str) -> None:
 
 
 def report(cells: List[dict]) -> dict:
+    kind = kind_of(cells)
     table = proxy_table(cells)
-    loso = leave_one_shift_out(cells)
-    final = best_rule(cells)
-    return {"cells": len(cells), "proxies": table, "loso": score(loso["verdicts"], cells),
+    loso = leave_one_shift_out(cells, kind)
+    final = best_rule(cells, kind)
+    return {"kind": kind, "metric": cells[0]["metric"], "cells": len(cells), "proxies": table,
+            "loso": score(loso["verdicts"], cells),
             "loso_rules": {k: r.__dict__ for k, r in loso["rules"].items()},
-            "fixed_rule": score(apply(verdict_lib.RULE, cells), cells),
+            "installed_rule": verdict_lib.installed_rule(kind).__dict__,
+            "fixed_rule": score(apply(verdict_lib.installed_rule(kind), cells), cells),
             "chosen_rule": final.__dict__, "per_cell": [
                 {"shift": c["shift"], "severity": c["severity"], "seed": c["seed"], "gt_change": c["gt_change"],
                  "loso_verdict": v, **{k: proxy_gain(c, k) for k in table}} for c, v in zip(cells, loso["verdicts"])]}
@@ -237,7 +259,7 @@ def markdown(rep: dict) -> str:
         lines.append(f"| {name} | {p['cells']} | {p['sign_agreement']:.2f} | {p['sign_agreement_1pct']:.2f} | "
                      f"{p['spearman']:+.2f} [{p['spearman_lo']:+.2f}, {p['spearman_hi']:+.2f}] | {p['auc']:.2f} |")
     lines += ["", f"Verdict, leave-one-shift-out: {summary_line(rep['loso'])}.", "",
-              f"Verdict with the installed rule {verdict_lib.RULE} (chosen on all these cells, so in-sample): "
+              f"Verdict with the installed rule {rep['installed_rule']} (in-sample where it was chosen on these cells): "
               f"{summary_line(rep['fixed_rule'])}.", "",
               f"Rule chosen on all cells: {rep['chosen_rule']}.", "",
               "| shift | severity | seed | GT change % | LOSO verdict |", "|---|---|---|---|---|"]
@@ -262,7 +284,7 @@ def main(argv):
         record = {"study": f.describe or ", ".join(f.studies), "cells": rep["cells"],
                   "proxies": rep["proxies"], "rule": rep["chosen_rule"],
                   "verdict": {"summary": summary_line(rep["loso"]), **rep["loso"]}}
-        fs.write_json_atomic(verdict_lib.RECORD, json.loads(json.dumps(record)))
+        fs.write_json_atomic(verdict_lib.RECORDS[rep["kind"]], json.loads(json.dumps(record)))
 
 
 if __name__ == "__main__":
