@@ -8,7 +8,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["refine_jax", "refine_jax.*"]),
     # the committed stand-in models (model.json + Orbax variables, a few MB each)
-    package_data={"refine_jax": [f"demo/standins/*/{'*/' * depth}*" for depth in range(5)]},
+    package_data={"refine_jax": [f"demo/standins/*/{'*/' * depth}*" for depth in range(5)]
+                  + ["evaluation/*.json"]},  # the proxy study records the verdict reads
     install_requires=[
         "numpy>=1.26",
         "scipy>=1.11",
