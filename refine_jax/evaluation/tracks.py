@@ -142,9 +142,9 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
     proxy_rows = parallel.gather_rows(proxy_rows, dict.fromkeys(track_proxies.ROW_KEYS, 0.0))
     source = (track_proxies.source_rows(tracker, *clips_hw, ec.source_clips, loaded.cfg.S)
               if ec.proxies and ec.source_clips and clips_hw else [])
-    if not rows and not free:
-        raise ValueError("no evaluation clip carries ground-truth tracks and the label-free diagnostics are "
-                         "off (eval.label_free): there is nothing to measure")
+    if not rows and not free and not proxy_rows:
+        raise ValueError("no evaluation clip carries ground-truth tracks and the label-free diagnostics and "
+                         "proxies are off (eval.label_free, eval.proxies): there is nothing to measure")
     model = {**(track_metrics(rows) if rows else {}), **(track_label_free_metrics(free) if free else {}),
              **proxies.means(proxy_rows), **proxies.means(source)}
     baseline = {**(track_metrics(base_rows) if base_rows else {}),
