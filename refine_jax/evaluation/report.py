@@ -160,7 +160,7 @@ def write_markdown(out_dir, r):
         av = a[k] if a else None
         ch = "" if av is None else f"{av - v:+.4f}"
         imp = {True: "yes", False: "**no**", None: ""}[r["improved"][k]] if a else ""
-        orc = fmt(r["oracle"][k]) if r.get("oracle") else ""
+        orc = fmt(r["oracle"].get(k)) if r.get("oracle") else ""
         better = "" if k in NO_DIRECTION else "lower" if lower_is_better(k) else "higher"
         lines.append(f"| {k} | {better} | {fmt(r['baseline'].get(k))} | "
                      f"{fmt(v)} | {fmt(av)} | {ch} | {imp} | {orc} |")
