@@ -48,6 +48,12 @@ def test_score_map_and_visibility_losses():
     got = losses.score_map_loss(jnp.asarray(logits), jnp.asarray(tracks), one, one, stride=4)
     want = np.log1p(np.exp(-3.0)) + np.log1p(np.exp(-2.0))
     assert float(got) == pytest.approx(want, rel=1e-5)
+    # over several iterations the official loss is the mean over all of them (it was once their
+    # sum: the positives' and negatives' counts were taken from one iteration's mask)
+    three = np.concatenate([logits, logits, logits + 1.0])
+    want3 = (2 * want + np.log1p(np.exp(-4.0)) + np.log1p(np.exp(-1.0))) / 3
+    got3 = losses.score_map_loss(jnp.asarray(three), jnp.asarray(tracks), one, one, stride=4)
+    assert float(got3) == pytest.approx(want3, rel=1e-5)
     off = losses.score_map_loss(jnp.asarray(logits), jnp.asarray(tracks * 10), one, one, stride=4)
     assert float(off) == 0.0                          # out of the map: dropped
     vis = losses.visibility_loss(jnp.array([[[2.0, -1.0]]]), jnp.array([[[1, 0]]]), jnp.ones((1, 1, 2)))

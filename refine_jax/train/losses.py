@@ -14,8 +14,9 @@ EPS = 1e-6  # the official reduce_masked_mean's epsilon
 
 
 def masked_mean(x, mask):
-    """sum(x * mask) / (sum(mask) + 1e-6), as the official PIPs utility."""
-    mask = mask.astype(x.dtype)
+    """sum(x * mask) / (sum(mask) + 1e-6), as the official PIPs utility. A mask that broadcasts
+    against x (the score maps' one per iteration) counts once per element of x it covers."""
+    mask = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
     return jnp.sum(x * mask) / (jnp.sum(mask) + EPS)
 
 
