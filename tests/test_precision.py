@@ -36,6 +36,48 @@ def test_taps_conv_matches_the_bf16_conv_forward_and_gradient(kernel, strides, p
         np.testing.assert_allclose(a, b, atol=1e-2 * float(jnp.abs(b).max()))
 
 
+def _dot_operand_dtypes(fn, *args):
+    """The operand dtypes of every dot_general in the jaxpr of `fn(*args)` (custom VJPs included)."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+            for p in eqn.params.values():
+                for j in (p if isinstance(p, (tuple, list)) else (p,)):
+                    inner = getattr(j, "jaxpr", None)
+                    if inner is not None and hasattr(inner, "eqns"):
+                        walk(inner)
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("lead", [(6,), (2, 5, 3)])
+def test_bf16_matmul_gradients_are_bf16_products_summed_in_float32(lead):
+    """bf16_matmul (the bf16 policy's dense layers and conv taps): the forward and both gradients
+    equal float32 matmuls of the bfloat16-rounded operands and cotangent, up to summation order,
+    every product in the backward pass is a bfloat16 one (autodiff would promote it to float32),
+    and the gradients come back in the operands' dtypes."""
+    a = jnp.asarray(RNG.normal(size=(*lead, 64)), jnp.float32)
+    b = jnp.asarray(RNG.normal(size=(64, 24)) * 0.1, jnp.float32)
+    g = jnp.asarray(RNG.normal(size=(*lead, 24)), jnp.float32)
+    r = lambda v: v.astype(jnp.bfloat16).astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    out, pullback = jax.vjp(precision.bf16_matmul, a, b)
+    da, db = pullback(g)
+    assert out.dtype == da.dtype == db.dtype == jnp.float32
+    np.testing.assert_allclose(out, jnp.matmul(r(a), r(b), precision=hi), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(da, jnp.matmul(r(g), r(b).T, precision=hi), rtol=1e-2, atol=1e-2)
+    flat = lambda v: v.reshape(-1, v.shape[-1])
+    np.testing.assert_allclose(db, jnp.matmul(flat(r(a)).T, flat(r(g)), precision=hi), rtol=1e-2, atol=1e-2)
+    loss = lambda a, b: jnp.sum(jnp.sin(precision.bf16_matmul(a, b)))
+    dtypes = _dot_operand_dtypes(jax.grad(loss, (0, 1)), a, b)
+    assert len(dtypes) == 3 and all(d == ("bfloat16", "bfloat16") for d in dtypes), dtypes
+    _, pb16 = jax.vjp(precision.bf16_matmul, a.astype(jnp.bfloat16), b)
+    assert [x.dtype for x in pb16(g)] == [jnp.bfloat16, jnp.float32]
+
+
 def _ops(features_in, monkeypatch, has_bf16_dots=True):
     """The HLO ops of a bf16 nn.Conv call, with the CPU's bf16 support as given."""
     monkeypatch.setattr(precision, "cpu_has_bf16_dots", lambda: has_bf16_dots)

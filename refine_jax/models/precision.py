@@ -77,9 +77,9 @@ def cpu_has_bf16_dots() -> bool:
 def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                dimension_numbers=None, feature_group_count=1, **kwargs):
     kwargs.pop("preferred_element_type", None)
-    lhs, rhs = lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16)
     if _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
-        return taps_conv(lhs, rhs, window_strides, padding)
+        return taps_conv(lhs, rhs, window_strides, padding)  # float32 in: the taps' gradients sum in float32
+    lhs, rhs = lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16)
     return cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                     feature_group_count, preferred_element_type=jnp.float32, **kwargs)
 
@@ -159,9 +159,43 @@ def _taps_apply(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers
     return _channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bf16_matmul(a, b, a_dtype, b_dtype):
+    return jax.lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (((a.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_forward(a, b, a_dtype, b_dtype):
+    a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    return _bf16_matmul(a, b, a_dtype, b_dtype), (a, b)
+
+
+def _bf16_matmul_backward(a_dtype, b_dtype, res, g):
+    a, b = res
+    g = g.astype(jnp.bfloat16)
+    lead = tuple(range(a.ndim - 1))
+    da = jax.lax.dot_general(g, b, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    db = jax.lax.dot_general(a, g, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
+    return da.astype(a_dtype), db.astype(b_dtype)
+
+
+_bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
+
+
+def bf16_matmul(a, b):
+    """a (..., C) @ b (C, D) -> (..., D) float32, from bfloat16 products summed in float32; its
+    gradients are bfloat16 matmuls summed in float32 too, returned in a's and b's dtypes.
+
+    Autodiff of a bfloat16 matmul would multiply the float32 cotangent by a bfloat16 operand,
+    which promotes the product to a float32 matmul: on a CPU with bfloat16 dots that made the
+    backward pass 2-3x slower than `highest` (`bench train`, docs/speed.md)."""
+    return _bf16_matmul(a, b, jnp.dtype(a.dtype), jnp.dtype(b.dtype))
+
+
 def taps_conv(x, w, strides, padding):
-    """NHWC x HWIO conv as a float32 sum of one bfloat16 matmul per kernel tap: x (N,H,W,Cin) and
-    w (kh,kw,Cin,Cout) in bfloat16, padding ((top, bottom), (left, right)) -> (N,Ho,Wo,Cout) float32."""
+    """NHWC x HWIO conv as a float32 sum of one bfloat16 matmul per kernel tap (`bf16_matmul`):
+    x (N,H,W,Cin) and w (kh,kw,Cin,Cout) in any float dtype (cast to bfloat16 for the products;
+    their gradients come back in it), padding ((top, bottom), (left, right)) -> (N,Ho,Wo,Cout) float32."""
     kh, kw, cin, _ = w.shape
     sh, sw = strides
     x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
@@ -172,13 +206,16 @@ def taps_conv(x, w, strides, padding):
         for j in range(kw):
             tap = jax.lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
                                 (1, sh, sw, 1))
-            y = jnp.einsum("nhwc,cd->nhwd", tap, w[i, j], preferred_element_type=jnp.float32)
+            y = bf16_matmul(tap, w[i, j])
             out = y if out is None else out + y
     return out
 
 
-def _bf16_dot(lhs, rhs, *args, **kwargs):
+def _bf16_dot(lhs, rhs, dimension_numbers, *args, **kwargs):
     kwargs.pop("preferred_element_type", None)
+    if rhs.ndim == 2 and dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())):  # nn.Dense's
+        return bf16_matmul(lhs, rhs)
+    args = (dimension_numbers, *args)
     return jax.lax.dot_general(lhs.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), *args,
                                preferred_element_type=jnp.float32, **kwargs)
 
