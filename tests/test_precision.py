@@ -117,8 +117,9 @@ def test_other_convs_keep_the_native_bf16_conv(monkeypatch):
                                                           ((3, 8, 6), (1,), (1,), "VALID")])
 def test_cpu_conv_weight_gradient_by_taps(shape, kernel, strides, padding, monkeypatch):
     """cpu_conv: the native conv forward (bit for bit) and input gradient; the weight gradient as
-    one matmul per tap, equal to the native one up to float32 summation order."""
-    monkeypatch.setattr(precision, "TAP_GRAD_MIN_FLOPS", 0)  # these convs are small
+    one matmul per tap (stride 1: shifted blocks of the flattened padded input; else strided
+    slices), equal to the native one up to float32 summation order."""
+    monkeypatch.setattr(precision, "_taps_weight_grad_pays", lambda *args: True)  # these convs are small
     x = jnp.asarray(RNG.normal(size=shape), jnp.float32)
     w = jnp.asarray(RNG.normal(size=(*kernel, shape[-1], 7)), jnp.float32)
     spatial = "HW"[-len(kernel):]
@@ -134,3 +135,17 @@ def test_cpu_conv_weight_gradient_by_taps(shape, kernel, strides, padding, monke
     if jax.default_backend() == "cpu":  # convs: the forward and the input gradient's, not the weights'
         count = lambda conv: jax.jit(jax.grad(loss(conv), (0, 1))).lower(x, w).as_text().count("convolution(")
         assert (count(ours), count(native)) == (2, 3)
+
+
+def test_which_convs_take_the_weight_gradient_by_taps(monkeypatch):
+    """Without bfloat16 dots: every conv from TAP_GRAD_MIN_FLOPS on. With them: only stride-1
+    convs to at least TAP_GRAD_MIN_OUT_CHANNELS channels (XLA's own is as fast below)."""
+    pays = precision._taps_weight_grad_pays
+    big = ((2, 64, 64, 256), (3, 3, 256, 256), (1, 1))
+    narrow = ((2, 64, 64, 256), (3, 3, 256, 192), (1, 1))
+    strided = ((2, 64, 64, 256), (3, 3, 256, 256), (2, 2))
+    monkeypatch.setattr(precision, "cpu_has_bf16_dots", lambda: False)
+    assert pays(*big) and pays(*narrow) and not pays((2, 8, 8, 256), (3, 3, 256, 256), (1, 1))
+    monkeypatch.setattr(precision, "cpu_has_bf16_dots", lambda: True)
+    assert pays(*big) and pays((2, 32, 40, 324), (1, 1, 324, 256), (1, 1))
+    assert not pays(*narrow) and not pays(*strided)

@@ -16,11 +16,13 @@ the same products and accumulation type, 2.6-2.9x faster for RAFT's update-block
 convs (RGB input, 2-channel flow, the 64-channel full-resolution layers) are memory-bound as taps
 and keep the native conv.
 
-When compiling for a CPU, every conv of at least TAP_GRAD_MIN_FLOPS computes its weight gradient
-as one matmul per kernel tap (`cpu_conv`): XLA:CPU's own weight-gradient conv runs 2-5x slower
-than the same products as matmuls (`bench conv`; PIPs' encoder conv2, 416 -> 256 channels, at
-8x64x112: 20.7 s against 4.6 s). The forward pass and the input gradient stay the native conv,
-so values are unchanged.
+When compiling for a CPU, some convs compute their weight gradient as one matmul per kernel tap
+(`cpu_conv`); the forward pass and the input gradient stay the native conv, so values are
+unchanged. Which ones depends on the CPU (`bench conv`, docs/speed.md): on an AVX2 CPU without
+bfloat16 dots XLA's weight-gradient conv ran 2-5x slower than the taps for every conv of at least
+2 GFLOP (PIPs' encoder conv2, 416 -> 256 channels at 8x64x112: 20.7 s against 4.6 s); on an
+AVX-512 CPU with bfloat16 dots it is as fast as the taps or faster, except from 256 output
+channels on, where it runs 2-12x slower (RAFT's 1x1 convc1, 324 -> 256: 32 against 2.7 ms).
 """
 from __future__ import annotations
 
@@ -84,9 +86,24 @@ def _bf16_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
                     feature_group_count, preferred_element_type=jnp.float32, **kwargs)
 
 
-# the weight-gradient FLOPs from which `cpu_conv` computes them by taps: below it the conv is cheap
-# either way and the taps' extra ops only lengthen compilation (tests, the demo's small frames)
+# the weight-gradient FLOPs from which `cpu_conv` may compute them by taps: below it the conv is
+# cheap either way and the taps' extra ops only lengthen compilation (tests, the demo's small frames)
 TAP_GRAD_MIN_FLOPS = 2e9
+# on a CPU with bfloat16 dots, the output channels from which XLA's weight-gradient conv is slow
+# (and the FLOPs from which the taps pay for their compilation there)
+TAP_GRAD_MIN_OUT_CHANNELS = 256
+TAP_GRAD_MIN_FLOPS_WIDE = 2e8
+
+
+def _taps_weight_grad_pays(lhs_shape, rhs_shape, strides) -> bool:
+    """Whether `cpu_conv` computes this channels-last conv's weight gradient by taps (module
+    docstring): by its FLOPs on a CPU without bfloat16 dots; by its output channels with one."""
+    out_points = lhs_shape[0] * np.prod([-(-n // s) for n, s in zip(lhs_shape[1:-1], strides)])
+    flops = 2 * out_points * np.prod(rhs_shape)
+    if not cpu_has_bf16_dots():
+        return flops >= TAP_GRAD_MIN_FLOPS
+    return (rhs_shape[-1] >= TAP_GRAD_MIN_OUT_CHANNELS and all(s == 1 for s in strides)
+            and flops >= TAP_GRAD_MIN_FLOPS_WIDE)
 
 
 def _channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
@@ -105,6 +122,8 @@ def tap_weight_grad(x, dy, kernel, strides, padding, precision=None, preferred_e
     x (N, *S, Cin) the conv's input, dy (N, *So, Cout) the cotangent of its output, kernel the
     spatial kernel shape, padding ((lo, hi), ...) per spatial dim -> dW (*kernel, Cin, Cout)."""
     x = jnp.pad(x, ((0, 0), *map(tuple, padding), (0, 0)))
+    if all(s == 1 for s in strides):
+        return _flat_tap_weight_grad(x, dy, kernel, precision, preferred_element_type)
     lead = tuple(range(x.ndim - 1))
     taps = []
     for offsets in itertools.product(*(range(k) for k in kernel)):
@@ -114,6 +133,26 @@ def tap_weight_grad(x, dy, kernel, strides, padding, precision=None, preferred_e
         taps.append(jax.lax.dot_general(tap, dy.astype(tap.dtype), ((lead, lead), ((), ())), precision=precision,
                                         preferred_element_type=preferred_element_type))
     return jnp.stack(taps).reshape(*kernel, x.shape[-1], dy.shape[-1])
+
+
+def _flat_tap_weight_grad(xp, dy, kernel, precision, preferred_element_type):
+    """`tap_weight_grad` of a stride-1 conv on its padded input xp (N, *Sp, Cin), without a
+    strided copy per tap: with the padded grid flattened to one axis of Q points, a tap is a shift
+    by a constant number of points, so its input is one contiguous block of rows of xp. dy, laid
+    into the padded grid (zeros past each image's output), meets only points of its own image."""
+    n, *spatial, cin = xp.shape
+    q = n * int(np.prod(spatial))
+    dy = jnp.pad(dy, ((0, 0), *((0, p - o) for p, o in zip(spatial, dy.shape[1:-1])), (0, 0)))
+    point_strides = [int(np.prod(spatial[d + 1:])) for d in range(len(spatial))]
+    shifts = [sum(o * s for o, s in zip(offsets, point_strides))
+              for offsets in itertools.product(*(range(k) for k in kernel))]
+    rows = q - max(shifts)  # the last image's last output point is row rows - 1
+    xf = xp.reshape(q, cin)
+    dyf = dy.reshape(q, dy.shape[-1])[:rows].astype(xp.dtype)
+    taps = [jax.lax.dot_general(jax.lax.slice(xf, (s, 0), (s + rows, cin)), dyf, (((0,), (0,)), ((), ())),
+                                precision=precision, preferred_element_type=preferred_element_type)
+            for s in shifts]
+    return jnp.stack(taps).reshape(*kernel, cin, dy.shape[-1])
 
 
 def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -127,8 +166,7 @@ def cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=
     if lookup.target_platform() != "cpu" or not _channels_last(
             lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count):
         return native(lhs, rhs, padding=padding)
-    out_points = lhs.shape[0] * np.prod([-(-n // s) for n, s in zip(lhs.shape[1:-1], window_strides)])
-    if 2 * out_points * np.prod(rhs.shape) < TAP_GRAD_MIN_FLOPS:
+    if not _taps_weight_grad_pays(lhs.shape, rhs.shape, window_strides):
         return native(lhs, rhs, padding=padding)
     pads = (jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2], window_strides, padding)
             if isinstance(padding, str) else tuple(map(tuple, padding)))

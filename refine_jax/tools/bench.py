@@ -236,13 +236,15 @@ CONV_SHAPES = (("RAFT fnet conv1 7x7/2", (2, 256, 320, 3), 7, 2, 64),
                ("RAFT fnet layer1 3x3", (2, 128, 160, 64), 3, 1, 64),
                ("RAFT update convc2 3x3", (2, 32, 40, 256), 3, 1, 192),
                ("RAFT update convz1 1x5", (2, 32, 40, 384), (1, 5), 1, 128),
+               ("RAFT update convc1 1x1", (2, 32, 40, 324), 1, 1, 256),
+               ("RAFT mask conv 3x3", (2, 32, 40, 128), 3, 1, 256),
                ("PIPs fnet conv2 3x3", (8, 64, 112, 416), 3, 1, 256))
 
 
 def bench_conv(repeats: int) -> None:
     """A conv's weight gradient on the CPU, XLA's own against `precision.tap_weight_grad` (one
     matmul per kernel tap), side by side on the shapes of CONV_SHAPES, float32; the forward
-    conv's time for scale."""
+    conv's time for scale, and which of the two `precision.cpu_conv` takes on this CPU."""
     from refine_jax.models import precision
     hi = jax.lax.Precision.HIGHEST
     rng = np.random.default_rng(0)
@@ -263,7 +265,8 @@ def bench_conv(repeats: int) -> None:
         diff = float(jnp.abs(native(x, w, dy) - taps(x, dy)).max() / jnp.abs(native(x, w, dy)).max())
         print(f"conv {name:<24} {gflop:6.2f} GFLOP | forward {t_fwd * 1e3:7.1f} ms | weight gradient: XLA "
               f"{t_nat * 1e3:7.1f} ms, taps {t_tap * 1e3:7.1f} ms, ratio taps/XLA {t_tap / t_nat:.2f} | "
-              f"relative difference {diff:.1e}", flush=True)
+              f"relative difference {diff:.1e} | used: "
+              f"{'taps' if precision._taps_weight_grad_pays(shape, w.shape, (stride, stride)) else 'XLA'}", flush=True)
 
 
 def bench_large(size: str, corr: str, precision: str) -> None:
