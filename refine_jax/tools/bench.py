@@ -172,8 +172,9 @@ def bench_train(arch: str, repeats: int, official: str = "", precision: str = "h
     batch_np = _track_inputs(batch, hw) if arch == "pips" else _train_inputs(batch, hw)
     name = f"train {arch} {hw[0]}x{hw[1]} batch {batch}, {tc.iters} iters, {precision}"
     if side == "official":
-        _official_train(official, cfg, variables, tc, batch_np, repeats, precision)
-        print(f"{name}: official only, peak resident memory {_peak_gib():.2f} GiB", flush=True)
+        loss, norm, med, ts = _official_train(official, cfg, variables, tc, batch_np, repeats, precision)
+        print(f"{name}: official only, {med:.2f} s/step ({', '.join(f'{t:.2f}' for t in ts)}), first loss "
+              f"{loss:.6f}, grad norm {norm:.6f}, peak resident memory {_peak_gib():.2f} GiB", flush=True)
         return
     mesh = parallel.make_mesh(1)
     tx = trainer.make_optimizer(tc)
