@@ -215,3 +215,31 @@ def test_track_proxies_requery_and_known_warp_arithmetic(frame):
         return {"tracks": truth, "visible": np.ones(truth.shape[:2], bool)}
     assert track_proxies.known_warp_error(exact, clip, 8) == pytest.approx(0.0, abs=1e-6)
     assert track_proxies.known_warp_error(_ConstantVelocity((0.0, 0.0)), clip, 8) > 1.0
+
+
+def test_the_eval_stage_reads_the_aggregate_proxies_as_the_study_does(tmp_path):
+    """A rule may decide on cycle_pass, which has no per-clip rows: the eval stage's judge takes
+    its change from the two measurements' aggregates, as proxy_study.read_cells does."""
+    from refine_jax import settings
+    from refine_jax.stages import evaluate
+    rows_b = [{"requery_err": 10.0 + i} for i in range(4)]
+    rows_a = [{"requery_err": 8.0 + i} for i in range(4)]
+    m_b = {"model": {"delta_avg": 0.6, "cycle_pass": 0.20, "photometric_error": 40.0}, "proxy_rows": rows_b}
+    m_a = {"model": {"delta_avg": 0.62, "cycle_pass": 0.25, "photometric_error": 40.0}, "proxy_rows": rows_a}
+    got = evaluate.judge(m_b, m_a, settings.EvalConfig(), "tracks")
+    ch = got["proxy_changes"]
+    assert ch["cycle_pass"] == {"change": pytest.approx(25.0), "lo": pytest.approx(25.0),
+                                "hi": pytest.approx(25.0), "clips": 4}
+    assert ch["photometric_error"]["change"] == 0.0 and ch["requery_err"]["change"] < 0
+    rule = verdict.Rule(proxies=("requery_err", "cycle_pass"), margin=0.0)
+    assert verdict.decide(ch, rule)["verdict"] == "better"
+    # the study reads the same numbers from a cell's metrics.json
+    d = tmp_path / "s" / "fog_1" / "seed0" / "eval"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"primary": "delta_avg", "lower_is_better": False, "kind": "tracks",
+                                                "before": m_b["model"], "after": m_a["model"], "clips": 4,
+                                                "proxy_changes": ch}))
+    assert proxy_study.read_cells([str(tmp_path / "s")])[0]["changes"] == ch
+    # without proxies measured there is nothing to judge, aggregates or not
+    bare = evaluate.judge({"model": m_b["model"]}, {"model": m_a["model"]}, settings.EvalConfig(), "tracks")
+    assert bare["verdict"]["verdict"] == "cannot tell" and bare["proxy_changes"] == {}

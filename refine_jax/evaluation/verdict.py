@@ -85,6 +85,22 @@ def gain(name: str, change: Dict[str, float]) -> Tuple[float, float, float]:
     return change["change"], change["lo"], change["hi"]
 
 
+# proxies measured once over all clips (no per-clip rows, so no interval: it is the change itself)
+AGGREGATES = ("cycle_pass", "photometric_error")
+
+
+def aggregate_changes(before: dict, after: dict, clips: int) -> Dict[str, Dict[str, float]]:
+    """The relative change (percent) of each of AGGREGATES present in both metric dicts, as
+    `paired_change` gives it, with the change itself for its interval."""
+    out = {}
+    for k in AGGREGATES:
+        b, a = before.get(k), after.get(k)
+        if b and a is not None and np.isfinite(b) and np.isfinite(a):
+            c = 100.0 * (a - b) / b
+            out[k] = {"change": float(c), "lo": float(c), "hi": float(c), "clips": int(clips)}
+    return out
+
+
 def changes(before_rows: List[dict], after_rows: List[dict]) -> Dict[str, Dict[str, float]]:
     """paired_change of every proxy with a direction present in both row lists (same clips, same
     order)."""

@@ -128,10 +128,15 @@ def _check_not_unfinished(model_dir: str, name: str) -> None:
 
 def judge(m_before: dict, m_after: dict, ec: EvalConfig, kind: str) -> dict:
     """The proxies' paired changes and the verdict (evaluation/verdict.py, the rule of the task
-    `kind`) from the per-clip rows of two measurements: {'proxy_changes', 'verdict'}."""
+    `kind`) from the per-clip rows of two measurements (`measure`) and their aggregate
+    diagnostics (verdict.AGGREGATES, as the study that chose the rule read them):
+    {'proxy_changes', 'verdict'}."""
     from refine_jax.evaluation import verdict
-    ch = {**verdict.changes(m_before.get("proxy_rows", []), m_after.get("proxy_rows", [])),
+    rows = m_before.get("proxy_rows", [])
+    ch = {**verdict.changes(rows, m_after.get("proxy_rows", [])),
           **verdict.changes(m_before.get("source_rows", []), m_after.get("source_rows", []))}
+    if ch:  # the rule may read the aggregates as the study did (tools/proxy_study.py)
+        ch.update(verdict.aggregate_changes(m_before.get("model", {}), m_after.get("model", {}), len(rows)))
     if not ch:
         v = {"verdict": "cannot tell", "because": ["no label-free proxy was measured (eval.proxies is off)"],
              "rule": None}

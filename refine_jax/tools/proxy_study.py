@@ -70,10 +70,7 @@ def read_cells(studies: List[str]) -> List[dict]:
             p = r["primary"]
             b, a = r["before"][p], r["after"][p]
             ch = {k: v for k, v in r["proxy_changes"].items() if v.get("change") is not None}
-            for k in ("cycle_pass", "photometric_error"):  # aggregates: no interval
-                if r["before"].get(k) and r["after"].get(k) is not None:
-                    c = 100.0 * (r["after"][k] - r["before"][k]) / r["before"][k]
-                    ch[k] = {"change": c, "lo": c, "hi": c, "clips": r["clips"]}
+            ch.update(verdict_lib.aggregate_changes(r["before"], r["after"], r["clips"]))
             out.append({"shift": m["shift"], "severity": float(m["sev"]), "seed": int(m["seed"]), "study": root,
                         "kind": r.get("kind", "flow"), "metric": p, "lower_is_better": r["lower_is_better"],
                         "before": b, "after": a,
