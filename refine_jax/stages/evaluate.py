@@ -135,12 +135,11 @@ def judge(m_before: dict, m_after: dict, ec: EvalConfig, kind: str) -> dict:
     rows = m_before.get("proxy_rows", [])
     ch = {**verdict.changes(rows, m_after.get("proxy_rows", [])),
           **verdict.changes(m_before.get("source_rows", []), m_after.get("source_rows", []))}
-    if ch:  # the rule may read the aggregates as the study did (tools/proxy_study.py)
-        ch.update(verdict.aggregate_changes(m_before.get("model", {}), m_after.get("model", {}), len(rows)))
     if not ch:
         v = {"verdict": "cannot tell", "because": ["no label-free proxy was measured (eval.proxies is off)"],
              "rule": None}
-    else:
+    else:  # the rule may read the aggregates as the study did (tools/proxy_study.py)
+        ch.update(verdict.aggregate_changes(m_before.get("model", {}), m_after.get("model", {}), len(rows)))
         v = verdict.decide(ch, verdict.installed_rule(kind))
     v["guard"] = ec.guard
     return {"proxy_changes": ch, "verdict": v}
