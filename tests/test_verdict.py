@@ -124,6 +124,17 @@ def test_proxy_study_scores_each_proxy_and_the_held_out_verdict(tmp_path):
     assert "kw_epe" in rep["chosen_rule"]["proxies"]
     assert "| kw_epe | 12 | 1.00 |" in proxy_study.markdown(rep)
     assert rep["kind"] == "flow" and rep["loso"]["worst_worse_by_exported"] <= 0.0 < rep["loso"]["worst_worse_by_refined"]
+    # the report keeps every cell with its intervals, so that a later run adds seeds to it
+    saved = str(tmp_path / "verdict.json")
+    with open(saved, "w") as f:
+        json.dump(rep, f)
+    assert proxy_study.read_cells([saved]) == json.loads(json.dumps(cells))
+    with pytest.raises(ValueError, match="blur 1 seed 0 is in both"):
+        proxy_study.read_cells([saved, root])
+    with open(saved, "w") as f:
+        json.dump({k: v for k, v in rep.items() if k != "cell_records"}, f)
+    with pytest.raises(ValueError, match="verdict.json: expected a proxy-study report"):
+        proxy_study.read_cells([saved])
     # one rule per task kind: a study of tracks beside one of flow is refused
     with open(os.path.join(root, "fog_1", "seed0", "eval", "metrics.json")) as f:
         m = json.load(f)

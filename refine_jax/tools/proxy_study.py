@@ -1,9 +1,12 @@
 """How well does each label-free proxy predict the ground-truth change? And the verdict?
 
-  python -m refine_jax.tools.proxy_study --studies=runs/study_raft [--out=docs/verdict] [--install]
+  python -m refine_jax.tools.proxy_study --studies=runs/study_raft[,docs/verdict_study.json] \
+      [--out=docs/verdict] [--install]
 
 Reads every finished cell (WORKDIR/<shift>_<severity>/seed<seed>/eval/metrics.json) of the shift
-studies given (refine_jax.tools.study, run with the proxies on), and per cell the ground-truth
+studies given (refine_jax.tools.study, run with the proxies on), or the cells an earlier OUT.json
+recorded (its 'cell_records'; so that a study grows by seeds across runs without keeping every
+cell's folder), and per cell the ground-truth
 metric's change from before to after refinement beside each proxy's (evaluation/proxies.py). Per
 proxy: sign agreement (all cells, and those whose ground-truth change is at least 1 %), Spearman's
 rank correlation with a bootstrap interval over cells, and ROC-AUC for 'helped by more than 1 %'.
@@ -47,7 +50,7 @@ HARM = 1.0  # % : a cell whose exported model is worse than this counts as harme
 
 
 def define_flags() -> None:
-    flags.DEFINE_list("studies", None, "shift study folders")
+    flags.DEFINE_list("studies", None, "shift study folders, or an earlier run's OUT.json (its cell records)")
     flags.DEFINE_string("out", "docs/verdict", "output path without extension")
     flags.DEFINE_bool("install", False, "also write the task kind's record (refine_jax/evaluation/"
                       "proxy_record*.json, verdict.RECORDS)")
@@ -57,11 +60,29 @@ def define_flags() -> None:
 CELL = re.compile(r"(?P<shift>[a-z_]+)_(?P<sev>[\d.]+)/seed(?P<seed>\d+)/eval/metrics\.json$")
 
 
+def _recorded_cells(path: str) -> List[dict]:
+    """The cell records an earlier report wrote to `path` (OUT.json, `report`'s 'cell_records')."""
+    try:
+        rec = fs.read_json(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable proxy-study report ({e})") from e
+    if not isinstance(rec, dict) or not isinstance(rec.get("cell_records"), list):
+        raise ValueError(f"{path}: expected a proxy-study report (OUT.json) with 'cell_records'; it has none "
+                         f"(reports written before 2026-12-06 recorded only the gains: rerun their study)")
+    return rec["cell_records"]
+
+
 def read_cells(studies: List[str]) -> List[dict]:
-    """One dict per finished cell with its proxies: {'shift', 'severity', 'seed', 'kind', 'metric',
-    'before', 'after' (its values), 'gt_change' (percent), 'changes' {proxy: {'change', 'lo', 'hi'}}}."""
+    """One dict per finished cell with its proxies: {'shift', 'severity', 'seed', 'study', 'kind',
+    'metric', 'lower_is_better', 'before', 'after' (its values), 'gt_change' (percent), 'changes'
+    {proxy: {'change', 'lo', 'hi', 'clips'}}}, from study folders and earlier reports (.json). The
+    same cell (shift, severity, seed) from two sources is an error: which one counts is not ours to
+    guess."""
     out = []
     for root in studies:
+        if root.endswith(".json"):
+            out.extend(_recorded_cells(root))
+            continue
         for path in sorted(glob.glob(os.path.join(root, "*", "seed*", "eval", "metrics.json"))):
             m = CELL.search(path.replace(os.sep, "/"))
             r = fs.read_json(path)
@@ -75,6 +96,13 @@ def read_cells(studies: List[str]) -> List[dict]:
                         "kind": r.get("kind", "flow"), "metric": p, "lower_is_better": r["lower_is_better"],
                         "before": b, "after": a,
                         "gt_change": 100.0 * (a - b) / b, "changes": ch})
+    seen = {}
+    for c in out:
+        key = (c["shift"], c["severity"], c["seed"])
+        if key in seen:
+            raise ValueError(f"cell {c['shift']} {c['severity']:g} seed {c['seed']} is in both {seen[key]} and "
+                             f"{c['study']}: give each cell once")
+        seen[key] = c["study"]
     return out
 
 
@@ -246,7 +274,8 @@ def report(cells: List[dict]) -> dict:
             "fixed_rule": score(apply(verdict_lib.installed_rule(kind), cells), cells),
             "chosen_rule": final.__dict__, "per_cell": [
                 {"shift": c["shift"], "severity": c["severity"], "seed": c["seed"], "gt_change": c["gt_change"],
-                 "loso_verdict": v, **{k: proxy_gain(c, k) for k in table}} for c, v in zip(cells, loso["verdicts"])]}
+                 "loso_verdict": v, **{k: proxy_gain(c, k) for k in table}} for c, v in zip(cells, loso["verdicts"])],
+            "cell_records": cells}
 
 
 def markdown(rep: dict) -> str:
