@@ -134,6 +134,10 @@ class EvalConfig:
     # export the refined model only when the verdict is 'better', else the initial one (False: the
     # last training step regardless)
     guard: bool = True
+    # with the guard: judge every kept training checkpoint as the last step is judged and export the
+    # 'better' one whose weakest deciding proxy clears the rule by the most (the label-free version
+    # of the reference's per-100-step validation; costs one proxy measurement per checkpoint)
+    select_checkpoint: bool = False
 
     @classmethod
     def from_config(cls, c) -> "EvalConfig":

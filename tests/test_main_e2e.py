@@ -50,10 +50,22 @@ def test_runlocal_all_stages(config, tmp_path):
     # a re-run resumes every stage from what is on disk and changes nothing
     again = subprocess.run([sys.executable, "-m", "refine_jax.main",
                             f"--config={ROOT}/configs/{config}.py:runlocal", f"--workdir={wd}",
-                            "--config.stages=label,train,eval"], capture_output=True, text=True, timeout=600,
+                            "--config.stages=label,train,eval", "--config.eval.select_checkpoint=True"],
+                           capture_output=True, text=True, timeout=600,
                            cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((wd / "eval" / "metrics.json").read_text())["after"] == m["after"]
+    m2 = json.loads((wd / "eval" / "metrics.json").read_text())
+    assert m2["after"] == m["after"]
+    # the re-run selects the checkpoint by the verdict: each kept one judged, the last as the verdict
+    sel, ex = m2["selection"], m2["exported"]
+    steps = [j["step"] for j in sel["checkpoints"]]
+    assert len(steps) >= 2 and steps == sorted(steps) and steps[-1] == m2["after_step"]
+    assert sel["checkpoints"][-1]["verdict"] == m2["verdict"]["verdict"]
+    chosen = [j for j in sel["checkpoints"] if j["step"] == sel["chosen_step"]]
+    assert ex["model"] == ("refined" if chosen else "initial") and all(j["verdict"] == "better" for j in chosen)
+    assert ex["step"] == (sel["chosen_step"] if chosen else 0) and ex["metrics"] == (chosen[0]["metrics"] if chosen else m2["before"])
+    assert json.loads((wd / "exported" / "model.json").read_text())["provenance"]["step"] == ex["step"]
+    assert "Checkpoint selection: every kept training checkpoint judged" in (wd / "eval" / "report.md").read_text()
     if config == "pips":
         return
     # a second round labels with the first round's model and trains from it in round2/

@@ -87,6 +87,14 @@ def test_the_verdict_rule():
     assert verdict.decide({"chain_rel": _ch(-6, -20, 3)}, point)["verdict"] == "better"
     assert verdict.decide({"chain_rel": _ch(-4, -5, -4.5)}, point)["verdict"] == "cannot tell"
     assert verdict.decide({"chain_rel": _ch(6, -2, 9)}, point)["verdict"] == "worse"
+    # checkpoint selection ranks by how far the weakest deciding proxy's judged gain clears the margin
+    assert verdict.clearance({"kw_epe": _ch(-5, -8, -2), "fb_auc": _ch(3, 1, 5)}, two) == pytest.approx(1.0)
+    assert verdict.clearance({"chain_rel": _ch(-6, -20, 3)}, point) == pytest.approx(1.0)
+    assert verdict.clearance({"kw_epe": _ch(-5, -8, -2)}, two) == float("-inf")
+    judged = [{"step": 50, "verdict": "better", "clearance": 2.0}, {"step": 100, "verdict": "better", "clearance": 2.0},
+              {"step": 150, "verdict": "cannot tell", "clearance": 9.0}, {"step": 25, "verdict": "better", "clearance": 0.5}]
+    assert verdict.choose_checkpoint(judged)["step"] == 100
+    assert verdict.choose_checkpoint([j for j in judged if j["verdict"] != "better"]) is None
     assert verdict.exported_model("better", True) == "refined"
     assert verdict.exported_model("cannot tell", True) == verdict.exported_model("worse", True) == "initial"
     assert verdict.exported_model("worse", False) == "refined"

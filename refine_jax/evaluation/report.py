@@ -103,16 +103,35 @@ def fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4f}"
 
 
+def selection_lines(r) -> list:
+    """report.md's table of the judged training checkpoints (eval.select_checkpoint), if any."""
+    sel = r.get("selection")
+    if not sel:
+        return []
+    p = r["primary"]
+    chosen = sel["chosen_step"]
+    lines = ["Checkpoint selection: every kept training checkpoint judged by the same rule; "
+             + (f"step {chosen} is exported (the 'better' one that clears the rule by the most)." if chosen is not None
+                else "none is 'better', so the initial model is exported."), "",
+             f"| step | verdict | clearance (points) | {p} |", "|---|---|---|---|"]
+    for j in sel["checkpoints"]:
+        lines.append(f"| {j['step']} | {j['verdict']} | {j['clearance']:+.2f} | {fmt(j['metrics'].get(p))} |")
+    return lines + [""]
+
+
 def verdict_section(r) -> list:
     """report.md's lines on the label-free verdict, the guard's choice and the proxies' record."""
     from refine_jax.evaluation import verdict as verdict_lib
     v, ex = r["verdict"], r.get("exported") or {}
     lines = ["## Did refinement help? (label-free verdict)", "",
              f"**Verdict: {v['verdict']}.** " + (
-                 f"Exported: the **{ex.get('model')}** model ({ex.get('path')})" if ex else "")
+                 f"Exported: the **{ex.get('model')}** model"
+                 + (f" of step {ex['step']}" if ex.get("model") == "refined" and ex.get("step") else "")
+                 + f" ({ex.get('path')})" if ex else "")
              + ("" if v.get("guard", True) else " - the guard is off, so the last training step is exported "
                 "whatever the verdict") + ".", ""]
     lines += [f"- {line}" for line in v["because"]] + [""]
+    lines += selection_lines(r)
     if r.get("proxy_changes"):
         lines += ["| proxy | better | change % | 90 % interval | clips |", "|---|---|---|---|---|"]
         for k, c in r["proxy_changes"].items():

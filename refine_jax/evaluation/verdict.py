@@ -12,7 +12,9 @@ better) of the proxies it names:
 (with `interval` False, the gain itself stands for its interval)
   cannot tell  otherwise
 
-The guard exports the refined model only on 'better', else the initial one. Each task kind
+The guard exports the refined model only on 'better', else the initial one; with checkpoint
+selection (eval.select_checkpoint) it judges every kept training checkpoint the same way and
+exports the 'better' one that clears the rule by the most (`choose_checkpoint`). Each task kind
 (flow, tracks) has its proxies and its rule: the one its shift study chose (python -m
 refine_jax.tools.proxy_study --install writes it to the kind's record, RECORDS; the study's
 leave-one-shift-out score of this way of choosing, and each proxy's sign agreement with the ground
@@ -144,6 +146,28 @@ def decide(ch: Dict[str, Dict[str, float]], rule: Rule) -> Dict[str, object]:
     else:
         verdict = "cannot tell"
     return {"verdict": verdict, "because": because, "rule": dataclasses.asdict(rule)}
+
+
+def clearance(ch: Dict[str, Dict[str, float]], rule: Rule) -> float:
+    """How far the weakest deciding proxy's judged gain (its interval's lower bound, or the gain
+    itself without `interval`) lies above the rule's margin, in percentage points; -inf when one
+    was not measured. It ranks the checkpoints that `decide` calls 'better'."""
+    out = []
+    for name in rule.proxies:
+        c = ch.get(name)
+        if c is None or not np.isfinite(c["change"]):
+            return float("-inf")
+        g, lo, _ = gain(name, c)
+        out.append((lo if rule.interval else g) - rule.margin)
+    return min(out) if out else float("-inf")
+
+
+def choose_checkpoint(judged: List[dict]) -> Optional[dict]:
+    """Among judged checkpoints ({'step', 'verdict', 'clearance', ...}), the 'better' one whose
+    weakest deciding proxy clears the rule by the most (the later step on a tie); None when no
+    checkpoint is 'better'."""
+    better = [j for j in judged if j["verdict"] == "better"]
+    return max(better, key=lambda j: (j["clearance"], j["step"])) if better else None
 
 
 def exported_model(verdict: Optional[str], guard: bool) -> str:

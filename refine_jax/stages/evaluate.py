@@ -25,8 +25,10 @@ Both get label-free proxies per clip (RAFT: evaluation/proxies.py; PIPs: track_p
 paired changes with bootstrap intervals, and a verdict from them (evaluation/verdict.py: better /
 worse / cannot tell, by the task's rule);
 the guard saves WORKDIR/exported: the refined model only on 'better' (or with eval.guard off),
-else the initial one. metrics.json keeps 'after' (the last refined step) and adds 'verdict' and
-'exported' (which model, and its metrics).
+else the initial one. With eval.select_checkpoint every kept training checkpoint is judged the same
+way and the 'better' one that clears the rule by the most is exported (else the initial model).
+metrics.json keeps 'after' (the last refined step) and adds 'verdict', 'exported' (which model and
+step, and its metrics) and, when selecting, 'selection' (each checkpoint's verdict).
 
 Writes WORKDIR/eval/metrics.json, report.md (every metric with its direction and whether it
 improved) and PNG figures.
@@ -145,19 +147,38 @@ def judge(m_before: dict, m_after: dict, ec: EvalConfig, kind: str) -> dict:
     return {"proxy_changes": ch, "verdict": v}
 
 
-def export(workdir: str, result: dict, before, refined, init_path: str) -> dict:
-    """Save the model the guard hands back to WORKDIR/exported (the refined one when the verdict
-    is 'better' or the guard is off, else the initial one) and say which, with its metrics."""
+def judge_checkpoint(step: int, m_before: dict, m_step: dict, ec: EvalConfig, kind: str) -> dict:
+    """One kept checkpoint judged as the last step is (`judge`): {'step', 'verdict', 'because',
+    'clearance' (verdict.clearance), 'metrics' (its measurement's model metrics)}."""
+    from refine_jax.evaluation import verdict
+    j = judge(m_before, m_step, ec, kind)
+    return {"step": int(step), "verdict": j["verdict"]["verdict"], "because": j["verdict"]["because"],
+            "clearance": verdict.clearance(j["proxy_changes"], verdict.installed_rule(kind)),
+            "metrics": m_step["model"]}
+
+
+def export(workdir: str, result: dict, before, refined, init_path: str, selected=None) -> dict:
+    """Save the model the guard hands back to WORKDIR/exported and say which, with its metrics:
+    the refined one when the verdict is 'better' or the guard is off, else the initial one; with
+    checkpoint selection (result['selection']) the selected checkpoint (`selected`: (its judgement,
+    its model), None when no checkpoint is 'better'), else the initial one."""
     from refine_jax.evaluation import verdict
     v = result["verdict"]
-    which = verdict.exported_model(v["verdict"], v["guard"])
-    chosen = refined if which == "refined" else before
+    if "selection" in result and v["guard"]:
+        decision = selected[0] if selected else {"verdict": v["verdict"], "because": v["because"]}
+        which = "refined" if selected else "initial"
+        pick = (selected[1], selected[0]["metrics"], selected[0]["step"]) if selected else None
+    else:
+        decision = {"verdict": v["verdict"], "because": v["because"]}
+        which = verdict.exported_model(v["verdict"], v["guard"])
+        pick = (refined, result["after"], result.get("after_step"))
+    model, metrics, step = pick if which == "refined" else (before, result["before"], 0)
     source = result["model_after"] if which == "refined" else fs.abspath(init_path)
-    provenance = {"exported_by": "refine_jax eval stage guard", "exported": which, "from": source,
-                  "verdict": v["verdict"], "because": v["because"], "guard": v["guard"]}
-    checkpoints.save_model(paths.exported(workdir), chosen.cfg, chosen.variables, provenance, replace=True)
-    return {"model": which, "path": fs.abspath(paths.exported(workdir)), "from": source,
-            "metrics": result["after"] if which == "refined" else result["before"]}
+    provenance = {"exported_by": "refine_jax eval stage guard", "exported": which, "from": source, "step": step,
+                  "verdict": decision["verdict"], "because": decision["because"], "guard": v["guard"]}
+    checkpoints.save_model(paths.exported(workdir), model.cfg, model.variables, provenance, replace=True)
+    return {"model": which, "path": fs.abspath(paths.exported(workdir)), "from": source, "step": step,
+            "metrics": metrics}
 
 
 def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
@@ -198,7 +219,8 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               "ground_truth": has_gt, "kind": task.kind,
               "pad_mode": ec.pad_mode if is_flow else None}
     examples = {"before": m_before["example"]}
-    refined = None
+    refined = selected = None
+    selecting = ec.select_checkpoint and ec.guard and ec.proxies
     for name, folder in rows:
         if not fs.isdir(folder):
             continue
@@ -210,16 +232,30 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
         result[name], result[f"model_{name}"], examples[name] = m["model"], fs.abspath(folder), m["example"]
         if name == "after":
             refined = loaded
+            result["after_step"] = checkpoints.exported_steps(folder)
             result.update(judge(m_before, m, ec, task.kind))
-        if name == "after" and ec.curve:
+        if name == "after" and (ec.curve or selecting):
+            # selecting: every checkpoint measured as the last step was (its proxies, to judge it);
+            # the curve alone: only what the primary needs
+            ck_ec = ec if selecting else dataclasses.replace(ec, label_free=not has_gt, proxies=False)
+            judged = []
             for step, v in _checkpoint_variables(trained):
-                curve_ec = dataclasses.replace(ec, label_free=not has_gt, proxies=False)  # only what the primary needs
-                mc = measure(checkpoints.LoadedModel(loaded.cfg, v, {}), clips, curve_ec, config)
-                result["curve"].append([step, mc["model"][primary]])
+                ck = checkpoints.LoadedModel(loaded.cfg, v, {})
+                mc = m if selecting and step == result["after_step"] else measure(ck, clips, ck_ec, config)
+                if selecting:
+                    judged.append((judge_checkpoint(step, m_before, mc, ec, task.kind), ck))
+                if ec.curve:
+                    result["curve"].append([step, mc["model"][primary]])
+            if selecting:
+                from refine_jax.evaluation import verdict
+                best = verdict.choose_checkpoint([j for j, _ in judged])
+                selected = next(((j, ck) for j, ck in judged if best is not None and j["step"] == best["step"]), None)
+                result["selection"] = {"checkpoints": [j for j, _ in judged],
+                                       "chosen_step": best["step"] if best else None}
     result["curve"].sort()
     if result["after"]:
         result["improved"] = {k: report.improved(k, v, result["after"][k]) for k, v in result["before"].items()}
-        result["exported"] = export(workdir, result, before, refined, init or config.init)
+        result["exported"] = export(workdir, result, before, refined, init or config.init, selected)
     if parallel.is_main_process():
         fs.write_json_atomic(os.path.join(out_dir, "metrics.json"), report.json_safe(result))
         report.curve_figure(out_dir, result)
