@@ -149,12 +149,13 @@ def judge(m_before: dict, m_after: dict, ec: EvalConfig, kind: str) -> dict:
 
 def judge_checkpoint(step: int, m_before: dict, m_step: dict, ec: EvalConfig, kind: str) -> dict:
     """One kept checkpoint judged as the last step is (`judge`): {'step', 'verdict', 'because',
-    'clearance' (verdict.clearance), 'metrics' (its measurement's model metrics)}."""
+    'clearance' (verdict.clearance), 'metrics' (its measurement's model metrics), 'proxy_changes'
+    (so that a study can judge it again by another rule)}."""
     from refine_jax.evaluation import verdict
     j = judge(m_before, m_step, ec, kind)
     return {"step": int(step), "verdict": j["verdict"]["verdict"], "because": j["verdict"]["because"],
             "clearance": verdict.clearance(j["proxy_changes"], verdict.installed_rule(kind)),
-            "metrics": m_step["model"]}
+            "metrics": m_step["model"], "proxy_changes": j["proxy_changes"]}
 
 
 def export(workdir: str, result: dict, before, refined, init_path: str, selected=None) -> dict:
