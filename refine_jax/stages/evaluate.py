@@ -158,6 +158,31 @@ def judge_checkpoint(step: int, m_before: dict, m_step: dict, ec: EvalConfig, ki
             "metrics": m_step["model"], "proxy_changes": j["proxy_changes"]}
 
 
+def _over_checkpoints(trained: str, cfg, clips, m_before: dict, m_after: dict, after_step: int, ec: EvalConfig,
+                      config, kind: str, primary: str, has_gt: bool, selecting: bool):
+    """Measure every checkpoint kept in TRAINED/checkpoints once: ([[step, primary metric]], the
+    checkpoints judged (`judge_checkpoint`, its model) when `selecting`). Selecting measures each as
+    the last step was (its proxies, to judge it; the last step's measurement `m_after` is reused);
+    the curve alone only what the primary needs."""
+    ck_ec = ec if selecting else dataclasses.replace(ec, label_free=not has_gt, proxies=False)
+    curve, judged = [], []
+    for step, v in _checkpoint_variables(trained):
+        ck = checkpoints.LoadedModel(cfg, v, {})
+        mc = m_after if selecting and step == after_step else measure(ck, clips, ck_ec, config)
+        curve.append([step, mc["model"][primary]])
+        if selecting:
+            judged.append((judge_checkpoint(step, m_before, mc, ec, kind), ck))
+    return curve, judged
+
+
+def _select(judged):
+    """(the chosen (judgement, model) or None, metrics.json's 'selection') from `_over_checkpoints`."""
+    from refine_jax.evaluation import verdict
+    best = verdict.choose_checkpoint([j for j, _ in judged])
+    chosen = next(((j, ck) for j, ck in judged if best is not None and j["step"] == best["step"]), None)
+    return chosen, {"checkpoints": [j for j, _ in judged], "chosen_step": best["step"] if best else None}
+
+
 def export(workdir: str, result: dict, before, refined, init_path: str, selected=None) -> dict:
     """Save the model the guard hands back to WORKDIR/exported and say which, with its metrics:
     the refined one when the verdict is 'better' or the guard is off, else the initial one; with
@@ -236,23 +261,11 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
             result["after_step"] = checkpoints.exported_steps(folder)
             result.update(judge(m_before, m, ec, task.kind))
         if name == "after" and (ec.curve or selecting):
-            # selecting: every checkpoint measured as the last step was (its proxies, to judge it);
-            # the curve alone: only what the primary needs
-            ck_ec = ec if selecting else dataclasses.replace(ec, label_free=not has_gt, proxies=False)
-            judged = []
-            for step, v in _checkpoint_variables(trained):
-                ck = checkpoints.LoadedModel(loaded.cfg, v, {})
-                mc = m if selecting and step == result["after_step"] else measure(ck, clips, ck_ec, config)
-                if selecting:
-                    judged.append((judge_checkpoint(step, m_before, mc, ec, task.kind), ck))
-                if ec.curve:
-                    result["curve"].append([step, mc["model"][primary]])
+            curve, judged = _over_checkpoints(trained, loaded.cfg, clips, m_before, m, result["after_step"],
+                                              ec, config, task.kind, primary, has_gt, selecting)
+            result["curve"] += curve if ec.curve else []
             if selecting:
-                from refine_jax.evaluation import verdict
-                best = verdict.choose_checkpoint([j for j, _ in judged])
-                selected = next(((j, ck) for j, ck in judged if best is not None and j["step"] == best["step"]), None)
-                result["selection"] = {"checkpoints": [j for j, _ in judged],
-                                       "chosen_step": best["step"] if best else None}
+                selected, result["selection"] = _select(judged)
     result["curve"].sort()
     if result["after"]:
         result["improved"] = {k: report.improved(k, v, result["after"][k]) for k, v in result["before"].items()}
