@@ -67,8 +67,10 @@ def main(argv):
         print(("" if ev.get("ground_truth", True) else "no ground truth, label-free diagnostics only: ")
               + "; ".join(lines) + f" (report: {os.path.join(workdir, 'eval', 'report.md')})")
         if ev.get("exported"):
+            sel = ev.get("selection")
             print(f"label-free verdict: {ev['verdict']['verdict']}; exported the {ev['exported']['model']} "
-                  f"model to {ev['exported']['path']}")
+                  + (f"model of step {sel['chosen_step']} (selected by the verdict) " if sel and sel["chosen_step"]
+                     is not None else "model ") + f"to {ev['exported']['path']}")
     else:
         print(json.dumps({k: (v if isinstance(v, (int, float, str)) else "done") for k, v in summary.items()}))
 
