@@ -48,13 +48,13 @@ def converted(recipe_pth):
     return get
 
 
-# Test files by the seconds they took on 2 cores (cold compilation cache, 2026-11-27), heaviest
-# first. pytest-xdist hands whole files to its workers in collection order (with
+# Test files by the seconds they took with two workers (cold compilation cache, 2026-12-06, 2-core
+# AMD EPYC), heaviest first. pytest-xdist hands whole files to its workers in collection order (with
 # --no-loadscope-reorder; by default it sorts files by their number of tests, which left the
 # one-test multi-process file for last): starting with the longest lets both workers end together.
-HEAVIEST_FIRST = ("test_recipes.py", "test_main_e2e.py", "test_trainer.py", "test_multiprocess.py",
-                  "test_labels.py", "test_lookup.py", "test_compile_report.py", "test_tfds.py",
-                  "test_compile_report_pips.py")
+HEAVIEST_FIRST = ("test_trainer.py", "test_main_e2e.py", "test_multiprocess.py", "test_tfds.py",
+                  "test_lookup.py", "test_refine.py", "test_labels.py", "test_compile_report_pips.py",
+                  "test_recipes.py", "test_compile_report.py", "test_stream.py", "test_fs.py")
 
 
 def pytest_collection_modifyitems(config, items):

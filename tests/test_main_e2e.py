@@ -1,10 +1,13 @@
 """The main job end to end on the tiny presets: every stage, real shards and checkpoints on disk."""
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
+
+from refine_jax import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,9 +47,22 @@ def test_runlocal_all_stages(config, tmp_path):
     proxies = ({"kw_epe", "fb_auc", "fb_1px", "chain_err", "source_epe"} if config == "raft" else
                {"kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "source_ate"})
     assert proxies <= set(m["proxy_changes"]) and "## Did refinement help? (label-free verdict)" in report
+    # the pre-training stage (the stand-ins' recipe, tiny): its model's provenance names the recipe,
+    # the seeds and the source metrics, and hashes exactly the weights written
     prov = json.loads((wd / "pretrain" / "model" / "model.json").read_text())["provenance"]
-    assert "source_metrics" in prov and "recipe" in prov
+    demo = {"raft": {"steps": 4, "source_videos": 4, "source_seed": 1000},
+            "pips": {"steps": 2, "source_videos": 2, "source_seed": 2000}}[config]
+    assert prov["steps"] == demo["steps"] and prov["recipe"]["demo"]["source_videos"] == demo["source_videos"]
+    assert prov["seeds"]["source_data"] == demo["source_seed"] and "not official" in prov["source"]
+    key = "epe" if config == "raft" else "ate"
+    sm = prov["source_metrics"]
+    assert sm["clips"] == 1 and math.isfinite(sm["model"][key]) and math.isfinite(sm["baseline"][key])
+    assert prov["variables_sha256"] == checkpoints.fingerprint(str(wd / "pretrain" / "model" / "variables"))
+    src = json.loads((wd / "data" / "source" / "manifest.json").read_text())
+    assert src["records"] == demo["source_videos"] and src["seed"] == demo["source_seed"]
     assert os.listdir(wd / "tensorboard")
+    if config == "pips":
+        return  # what follows is the same code for both models; RAFT runs it
     # a re-run resumes every stage from what is on disk and changes nothing
     again = subprocess.run([sys.executable, "-m", "refine_jax.main",
                             f"--config={ROOT}/configs/{config}.py:runlocal", f"--workdir={wd}",
@@ -66,8 +82,6 @@ def test_runlocal_all_stages(config, tmp_path):
     assert ex["step"] == (sel["chosen_step"] if chosen else 0) and ex["metrics"] == (chosen[0]["metrics"] if chosen else m2["before"])
     assert json.loads((wd / "exported" / "model.json").read_text())["provenance"]["step"] == ex["step"]
     assert "Checkpoint selection: every kept training checkpoint judged" in (wd / "eval" / "report.md").read_text()
-    if config == "pips":
-        return
     # a second round labels with the first round's model and trains from it in round2/
     more = subprocess.run([sys.executable, "-m", "refine_jax.main", f"--config={ROOT}/configs/{config}.py:runlocal",
                            f"--workdir={wd}", "--config.stages=label,train,eval", "--config.label.rounds=2"],

@@ -48,6 +48,7 @@ def test_a_tiny_sweep_measures_the_frozen_model_unchanged_by_a_zero_learning_rat
     config.demo.update({"target_videos": 1, "size": (128, 128)})
     config.train.update({"steps": 1, "iters": 1})
     config.augment.enabled = False
+    config.eval.proxies = False  # the sweep's ground-truth metrics; the proxies are tested with the verdict
     out = str(tmp_path / "sweep.jsonl")
     rows = sweep.run(config, {"still": {"train.lr": 0.0}}, [0], [0], out, wise=[0.5], log=lambda s: None)
     assert [r["variant"] for r in rows] == ["before", "still", "still wise0.5"]

@@ -17,6 +17,7 @@ Stages (each `run(config, workdir) -> dict`):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 from refine_jax import checkpoints, fs, models, parallel, settings, tasks
@@ -130,7 +131,9 @@ def measure_source(config, model: str, eval_dir: str, provenance: dict) -> None:
     if "source_metrics" in meta["provenance"]:
         return
     loaded = checkpoints.load_model(model, config.get("runtime"))
-    ec = settings.EvalConfig.from_config(config.get("eval"))
+    # ground-truth metrics against the baseline; the label-free proxies judge refinement on footage
+    # and have nothing to say about a source model on its own domain
+    ec = dataclasses.replace(settings.EvalConfig.from_config(config.get("eval")), proxies=False)
     clips = parallel.process_share(list(shards.read_clips(eval_dir)))
     result = evaluate.measure(loaded, clips, ec, config)
     if parallel.is_main_process():
