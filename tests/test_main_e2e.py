@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from refine_jax import checkpoints
+from refine_jax import checkpoints, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,16 +50,15 @@ def test_runlocal_all_stages(config, tmp_path):
     # the pre-training stage (the stand-ins' recipe, tiny): its model's provenance names the recipe,
     # the seeds and the source metrics, and hashes exactly the weights written
     prov = json.loads((wd / "pretrain" / "model" / "model.json").read_text())["provenance"]
-    demo = {"raft": {"steps": 4, "source_videos": 4, "source_seed": 1000},
-            "pips": {"steps": 2, "source_videos": 2, "source_seed": 2000}}[config]
-    assert prov["steps"] == demo["steps"] and prov["recipe"]["demo"]["source_videos"] == demo["source_videos"]
-    assert prov["seeds"]["source_data"] == demo["source_seed"] and "not official" in prov["source"]
+    demo = cli.load_config(f"{ROOT}/configs/{config}.py:runlocal").demo
+    assert prov["steps"] == demo.pretrain.steps and prov["recipe"]["demo"]["source_videos"] == demo.source_videos
+    assert prov["seeds"]["source_data"] == demo.source_seed and "not official" in prov["source"]
     key = "epe" if config == "raft" else "ate"
     sm = prov["source_metrics"]
     assert sm["clips"] == 1 and math.isfinite(sm["model"][key]) and math.isfinite(sm["baseline"][key])
     assert prov["variables_sha256"] == checkpoints.fingerprint(str(wd / "pretrain" / "model" / "variables"))
     src = json.loads((wd / "data" / "source" / "manifest.json").read_text())
-    assert src["records"] == demo["source_videos"] and src["seed"] == demo["source_seed"]
+    assert src["records"] == demo.source_videos and src["seed"] == demo.source_seed
     assert os.listdir(wd / "tensorboard")
     if config == "pips":
         return  # what follows is the same code for both models; RAFT runs it
