@@ -87,6 +87,11 @@ def test_the_verdict_rule():
     assert verdict.decide({"chain_rel": _ch(-6, -20, 3)}, point)["verdict"] == "better"
     assert verdict.decide({"chain_rel": _ch(-4, -5, -4.5)}, point)["verdict"] == "cannot tell"
     assert verdict.decide({"chain_rel": _ch(6, -2, 9)}, point)["verdict"] == "worse"
+    # 'better' needs MIN_CLIPS clips (on one the interval is the point itself); 'worse' does not
+    few = verdict.decide({"chain_rel": _ch(-6, -6, -6, clips=verdict.MIN_CLIPS - 1)}, point)
+    assert few["verdict"] == "cannot tell" and "'better' needs the deciding proxies on at least 3 clips" in few["because"][-1]
+    assert verdict.decide({"chain_rel": _ch(-6, -6, -6, clips=verdict.MIN_CLIPS)}, point)["verdict"] == "better"
+    assert verdict.decide({"chain_rel": _ch(6, 6, 6, clips=1)}, point)["verdict"] == "worse"
     # checkpoint selection ranks by how far the weakest deciding proxy's judged gain clears the margin
     assert verdict.clearance({"kw_epe": _ch(-5, -8, -2), "fb_auc": _ch(3, 1, 5)}, two) == pytest.approx(1.0)
     assert verdict.clearance({"chain_rel": _ch(-6, -20, 3)}, point) == pytest.approx(1.0)

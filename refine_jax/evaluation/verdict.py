@@ -6,7 +6,7 @@ together for both models). The rule reads the *gain* (the change signed so that 
 better) of the proxies it names:
 
   better       every deciding proxy's gain interval lies above +margin %, and the source drift's
-               gain interval does not lie below -drift_tolerance %
+               gain interval does not lie below -drift_tolerance %, over at least MIN_CLIPS clips
   worse        some deciding proxy's gain interval lies below -margin %, or the source drift's does
                below -drift_tolerance %
 (with `interval` False, the gain itself stands for its interval)
@@ -33,6 +33,9 @@ from refine_jax.evaluation.proxies import LOWER_IS_BETTER
 
 BOOTSTRAP = 2000
 LEVEL = 0.9  # two-sided interval: 5 % each side
+# 'better' needs the deciding proxies measured on at least this many clips: on one the interval is
+# the point itself, on two the bootstrap has three distinct means (every study cell had 4-6 clips)
+MIN_CLIPS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +146,11 @@ def decide(ch: Dict[str, Dict[str, float]], rule: Rule) -> Dict[str, object]:
         verdict = "worse"
     elif votes and all(v == "better" for v in votes):
         verdict = "better"
+        fewest = min(ch[name]["clips"] for name in rule.proxies)
+        if fewest < MIN_CLIPS:
+            verdict = "cannot tell"
+            because.append(f"'better' needs the deciding proxies on at least {MIN_CLIPS} clips; "
+                           f"{'one was' if len(rule.proxies) > 1 else 'it was'} measured on {fewest}")
     else:
         verdict = "cannot tell"
     return {"verdict": verdict, "because": because, "rule": dataclasses.asdict(rule)}
