@@ -61,6 +61,8 @@ class Request:
     config: str = ""               # another config file
     overrides: Tuple[str, ...] = ()  # 'section.field=value', applied last
     guard: str = "on"              # 'on': export the refined model only on a 'better' verdict
+    holdout: int = 4               # without --eval: one window in this many of each --videos entry is kept
+                                   # out of training for the verdict to judge on; 0 = judge on the trained ones
 
 
 class Budget:
@@ -84,6 +86,7 @@ def check_request(req: Request) -> None:
         raise ValueError("give --steps or --minutes, not both (--minutes sets the steps the time holds)")
     if req.steps < 0 or req.minutes < 0 or req.max_side < 0 or req.max_clips < 0:
         raise ValueError("--steps, --minutes, --max_side and --max_clips must not be negative")
+    sources.check_holdout(req.holdout, "--holdout")
     if req.guard not in ("on", "off"):
         raise ValueError(f"--guard must be 'on' or 'off', got {req.guard!r}")
     if not req.videos:
@@ -203,6 +206,7 @@ def build_config(req: Request, init: str, videos: str, model_cfg):
         tc.steps = steps
     if req.eval_clips:
         config.eval.max_clips = req.eval_clips
+    config.eval.holdout = req.holdout
     config.eval.guard = req.guard == "on"
     for text in req.overrides:
         apply_override(config, text)
@@ -227,14 +231,18 @@ def eval_clip_budget(seconds: float, label_seconds_per_clip: float, clips: int) 
     return int(min(clips, max(1, seconds // per_clip)))
 
 
-def count_clips(videos: str) -> int:
-    total = 0
+def count_clips(videos: str, holdout: int = 0) -> int:
+    """The clips the eval stage reads of `videos`: with `holdout`, those held out of training (all
+    of them when none is, as evaluate.evaluation_clips falls back)."""
+    total = held = 0
     for d in sources.split_sources(videos):
         try:
-            total += int(shards.load_manifest(d).get("records", 0))
+            n = int(shards.load_manifest(d).get("records", 0))
         except (shards.ShardError, OSError):  # a TFDS split: counted as it is read
-            total += sum(1 for _ in sources.read_clips(d, checksum=False))
-    return total
+            n = sum(1 for _ in sources.read_clips(d, checksum=False))
+        total += n
+        held += sum(sources.held_out(i, holdout) for i in range(n))
+    return held or total
 
 
 def note(text: str) -> None:
@@ -293,7 +301,7 @@ def run(req: Request, progress: bool = True, start: Optional[float] = None) -> d
     if trained.get("preempted"):
         return {"preempted": "train", "step": trained["step"]}
     if eval_seconds:  # what training left over goes to evaluation too
-        clips = count_clips(config.eval.data or videos)
+        clips = count_clips(config.eval.data or videos, settings.EvalConfig.from_config(config.eval).held_out_every())
         per_clip = state.get("label_seconds_per_clip", seconds["label"])
         n = eval_clip_budget(max(budget.left() - EXPORT_S, 1.0), per_clip, clips)
         config.eval.max_clips = min(n, config.eval.max_clips or n)

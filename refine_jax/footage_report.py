@@ -48,7 +48,7 @@ def verdict(result: dict) -> tuple:
 def _clips(config) -> list:
     from refine_jax.settings import EvalConfig
     from refine_jax.stages import evaluate
-    return evaluate.evaluation_clips(EvalConfig.from_config(config.get("eval")), config)
+    return evaluate.evaluation_clips(EvalConfig.from_config(config.get("eval")), config)[0]
 
 
 def _spread(items: list, n: int) -> list:
@@ -214,7 +214,8 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
                "model": fs.abspath(model_dir), "pth": fs.abspath(pth_path) if pth_path else "",
                "report_md": os.path.join(req.out, "report.md"), "report_html": os.path.join(req.out, "report.html"),
                "videos": config.data.videos, "eval": config.eval.data or config.data.videos,
-               "eval_clips": result["clips"], "labelled_samples": stats.get("samples"),
+               "eval_clips": result["clips"], "eval_clips_held_out": result.get("clips_held_out", False),
+               "labelled_samples": stats.get("samples"),
                "label_yield": stats.get("yield"), "clips_over_budget": stats.get("clips_over_budget", 0),
                "train_steps": trained.get("step"), "crop": trained.get("crop"),
                "batch_size": int(config.train.batch_size), "stage_seconds": seconds,
@@ -236,7 +237,7 @@ def write(req, config, init: str, result: dict, manifest: dict, trained: dict, s
              f"trained {summary['train_steps']} steps, batch {summary['batch_size']}"
              + (f", {summary['crop'][0]}x{summary['crop'][1]} crops" if summary["crop"] else "")
              + (" (the steps the time budget held)" if trained.get("budget_steps") else ""),
-             f"evaluated on {result['clips']} clips of {summary['eval']}",
+             f"evaluated on {result['clips']} clips of {summary['eval']}" + report.held_out_words(result),
              f"refined model (last step): {summary['model']}",
              f"exported: the {summary['exported']} model, {summary['exported_model']}"
              + (f" and {summary['pth']} (official layout)" if pth_path else "")

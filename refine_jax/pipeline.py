@@ -69,9 +69,11 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     for name in names:
         if name not in table:
             raise ValueError(f"unknown stage {name!r}; known: {', '.join(table)}")
-    if "oracle" in names and "generate" not in names:  # refuse now, not after the training stages
+    if "oracle" in names:  # refuse now, not after the training stages
         from refine_jax.stages import oracle
-        oracle.check_ground_truth(config)
+        oracle.check_no_holdout(config)
+        if "generate" not in names:
+            oracle.check_ground_truth(config)
     rounds = max(int(config.label.get("rounds", 1)), 1)
     trained, i = workdir, 0
     while i < len(names):

@@ -20,6 +20,8 @@
 --set section.field=value   any config field (repeatable), e.g. --set=label.iters=32
 --guard    on (default): the label-free verdict (better / worse / cannot tell) decides what is
            exported - the refined model only when 'better', else the initial one; off: the last step
+--holdout  without --eval, one window in this many of each --videos entry (default 4) is kept out
+           of labelling and training, and the verdict is measured on those; 0: on the windows trained on
 
 Writes OUT/model (Flax, the last step), OUT/exported (what the guard hands back), OUT/refined.pth
 (the exported model in the official layout), OUT/report.html (pictures inlined),
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--guard", default="on", choices=("on", "off"),
                    help="on: export the refined model only when the label-free verdict is 'better', else the initial one")
+    p.add_argument("--holdout", type=int, default=4,
+                   help="without --eval: one window in this many of each --videos entry is kept out of training and the "
+                        "verdict judges on those (0: on the windows trained on)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -72,7 +77,7 @@ def main(argv) -> int:
     req = footage.Request(videos=a.videos, out=a.out, weights=a.weights, arch=a.arch, eval=a.eval,
                           steps=a.steps, minutes=a.minutes, preset=a.preset, max_side=a.max_side,
                           max_clips=a.max_clips, eval_clips=a.eval_clips, config=a.config,
-                          overrides=tuple(a.overrides), guard=a.guard)
+                          overrides=tuple(a.overrides), guard=a.guard, holdout=a.holdout)
     footage.check_request(req)
     if parallel.is_main_process():
         with lock.WorkdirLock(a.out):

@@ -122,6 +122,10 @@ class EvalConfig:
     query_mode: str = "first"
     tapvid_256: bool = False
     max_clips: int = 0             # 0 = all
+    # with eval.data empty: one clip in `holdout` of each data.videos source (the middle one of
+    # each run of that many) is kept out of labelling and training, and the eval stage (its verdict
+    # included) measures only those; 0 (or a source too short to hold one out): the clips trained on
+    holdout: int = 0
     curve: bool = False            # also measure every kept training checkpoint (the metric curve)
     label_free: bool = True        # the cycle-check and photometric diagnostics
     # RAFT's InputPadder mode: 'auto' pads as the official evaluation of the data does ('kitti', all
@@ -138,6 +142,10 @@ class EvalConfig:
     # 'better' one whose weakest deciding proxy clears the rule by the most (the label-free version
     # of the reference's per-100-step validation; costs one proxy measurement per checkpoint)
     select_checkpoint: bool = False
+
+    def held_out_every(self) -> int:
+        """eval.holdout where it applies: 0 when eval.data names the evaluated clips."""
+        return 0 if self.data else self.holdout
 
     @classmethod
     def from_config(cls, c) -> "EvalConfig":

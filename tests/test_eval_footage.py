@@ -29,12 +29,14 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
     config.data.videos = _footage(tmp_path / "shards", 3 if is_flow else 8, (128, 128) if is_flow else (64, 64))
     config.init = demo.standin_dir(arch)
     config.eval.curve = False
+    config.eval.holdout = 2  # as `refine` holds windows out: the second of the two videos is judged on
     if not is_flow:
         config.demo.model.stride = 4  # the committed stand-in's
         config.eval.stride = config.label.stride = 4
     r = evaluate.run(config, str(tmp_path / "run"), progress=False)
 
     assert r["ground_truth"] is False and r["primary"] == "cycle_pass" and r["after"] is None
+    assert r["clips"] == 1 and r["clips_held_out"] is True and r["holdout"] == 2
     # the label-free diagnostics and the proxies (evaluation/proxies.py, track_proxies.py), all finite here
     proxies = ({"kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "flow_mag", "source_epe"} if is_flow else
                {"kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "track_mag", "source_ate"})
@@ -51,12 +53,16 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
     assert saved["before"]["cycle_pass"] == pytest.approx(r["before"]["cycle_pass"])
     report = (tmp_path / "run" / "eval" / "report.md").read_text()
     assert "No evaluation clip carries ground truth" in report and "| cycle_pass | higher |" in report
+    assert "1 clips held out of labelling and training (one in 2 of each source)" in report
     assert "flow_gt.png" not in report and "ground-truth speed bin" not in report
     for image in (line.split("(")[1].rstrip(")") for line in report.split() if line.startswith("![")):
         assert (tmp_path / "run" / "eval" / image).exists() or image == "flow_after.png", image  # no refined model here
 
     # the oracle trains on ground truth: the job refuses before any stage runs, in one sentence
     config.stages = ("label", "train", "oracle", "eval")
+    with pytest.raises(ValueError, match=r"eval.holdout=2: the oracle stage trains on the evaluated clips"):
+        pipeline.run(config, str(tmp_path / "run2"))
+    config.eval.holdout = 0
     with pytest.raises(ValueError, match=r"shards: the oracle stage trains on ground-truth flow or tracks, "
                                          r"and its first clip \(mine-0\) carries neither"):
         pipeline.run(config, str(tmp_path / "run2"))

@@ -109,6 +109,36 @@ def test_flow_statistics_against_ground_truth(recipe_pth, videos, tmp_path):
                      progress=False)
 
 
+def test_held_out_clips_are_not_labelled_and_are_the_clips_evaluated(recipe_pth, videos, tmp_path):
+    """eval.holdout keeps one clip in N of each source out of labelling (so out of training), the
+    eval stage reads exactly those, and labels of another holdout are refused by name."""
+    from refine_jax.settings import EvalConfig
+    from refine_jax.stages import evaluate
+    cfg = _cfg(recipe_pth("raft_small"), videos, **LOOSE)
+    cfg.eval = {"holdout": 2}
+    m = label_stage.run(cfg, str(tmp_path), progress=False)
+    # clips 1 and 3 of the 4 (the middle of each run of 2), which lie in different shard files
+    assert [c.video_id for c in shards.read_clips(videos)] == ["v0", "v1", "v2", "v3"]
+    assert m["holdout"] == 2 and m["stats"]["clips_held_out"] == 2 and m["stats"]["clips"] == 2
+    assert {c.video_id for c in shards.read_clips(str(tmp_path / "labels"))} == {"v0", "v2"}
+    assert set(m["stats"]["per_video"]) == {"v0", "v2"}
+    clips, held = evaluate.evaluation_clips(EvalConfig(holdout=2), cfg)
+    assert held and [c.video_id for c in clips] == ["v1", "v3"]
+    clips, held = evaluate.evaluation_clips(EvalConfig(holdout=2, max_clips=1), cfg)
+    assert held and [c.video_id for c in clips] == ["v1"]
+    # a holdout too large for the source holds none out: the eval stage says so and reads them all
+    clips, held = evaluate.evaluation_clips(EvalConfig(holdout=12), cfg)
+    assert not held and len(clips) == 4
+    # eval.data names the evaluated clips: nothing is held out of labelling
+    assert EvalConfig(holdout=2, data=videos).held_out_every() == 0
+    with pytest.raises(ValueError, match=r"stats.json marks a shard labelled with other settings "
+                                         r"\(eval\.holdout: 2 then, 0 now\)"):
+        label_stage.run(_cfg(recipe_pth("raft_small"), videos, **LOOSE), str(tmp_path), progress=False)
+    cfg.eval = {"holdout": 1}
+    with pytest.raises(ValueError, match=r"eval\.holdout must be 0 .* or at least 2"):
+        label_stage.run(cfg, str(tmp_path / "other"), progress=False)
+
+
 def test_track_labels(recipe_pth, tmp_path):
     d = tmp_path / "vid"
     synthetic.write_dataset(str(d), "source", videos=1, frames=8, size=(128, 128), tracks=12,

@@ -154,6 +154,26 @@ def test_fit_batch_to_the_labelled_samples():
     assert footage.fit_batch(c, 4, 8) is not None and c.train.batch_size == 8   # one a device at least
 
 
+def test_footage_without_ground_truth_holds_windows_out_for_the_verdict(tmp_path):
+    """Without --eval one window in --holdout (4) of each video is kept out of training for the
+    verdict; with --eval nothing is; the eval budget counts the clips the eval stage will read."""
+    cfg = checkpoints.load_model(demo.standin_dir("raft_small")).cfg
+    req = footage.Request(videos="v", out=str(tmp_path))
+    config = footage.build_config(req, "init", "v", cfg)
+    assert req.holdout == 4 and config.eval.holdout == 4
+    assert footage.build_config(footage.Request(videos="v", out="o", holdout=0), "init", "v", cfg).eval.holdout == 0
+    from refine_jax.settings import EvalConfig
+    with_truth = footage.build_config(footage.Request(videos="v", out="o", eval="truth"), "init", "v", cfg)
+    assert EvalConfig.from_config(with_truth.eval).held_out_every() == 0
+    with pytest.raises(ValueError, match="--holdout must be 0 .* or at least 2"):
+        footage.check_request(footage.Request(videos="v", out="o", holdout=1))
+    with shards.ShardWriter(str(tmp_path / "five"), "five") as w:
+        for i in range(5):
+            w.write_clip(shards.Clip(f"v{i}", np.zeros((2, 8, 8, 3), np.uint8)), "png")
+    five = str(tmp_path / "five")
+    assert [footage.count_clips(five, k) for k in (0, 2, 4, 12)] == [5, 2, 1, 5]  # 12 holds none out: all
+
+
 def test_eval_clips_fit_the_seconds():
     assert footage.eval_clip_budget(100.0, 2.0, 1000) == 20      # 2 s a labelled clip, 2.5x to evaluate
     assert footage.eval_clip_budget(1.0, 2.0, 1000) == 1

@@ -32,6 +32,21 @@ def split_sources(text) -> List[str]:
     return [v for v in text if v]
 
 
+def check_holdout(every: int, name: str = "eval.holdout") -> None:
+    """A holdout is 0 (nothing held out) or at least 2 (1 would hold out every clip)."""
+    if every < 0 or every == 1:
+        raise ValueError(f"{name} must be 0 (no clip held out of training) or at least 2 (one clip in that "
+                         f"many), got {every}")
+
+
+def held_out(index: int, every: int) -> bool:
+    """Whether the `index`-th clip of a source (0-based, in the source's order) is held out of
+    labelling and training by eval.holdout = `every`: clips every//2, every//2 + every, ... (the
+    middle of each run of `every`, so that a source of three clips already holds one out); none
+    when `every` is 0."""
+    return every > 0 and index % every == every // 2
+
+
 def is_tfds(source: str) -> bool:
     return source.startswith(PREFIX)
 
@@ -114,6 +129,19 @@ class Unit:
         if is_tfds(self.source):
             return _tfds_clips(TfdsSpec.parse(self.source))
         return shards.read_file(self.source)
+
+
+def first_indices(units_of_source: List[Unit]) -> List[int]:
+    """The index within its source of each unit's first clip (the clips of the units before it),
+    from the units' record counts; a unit after one whose count is unknown cannot be placed."""
+    out, n = [], 0
+    for k, u in enumerate(units_of_source):
+        out.append(n)
+        if u.records is None and k + 1 < len(units_of_source):
+            raise ValueError(f"{u.source}: its clip count is not recorded (manifest 'records'), so the clips of "
+                             f"the units after it cannot be numbered for eval.holdout")
+        n += u.records or 0
+    return out
 
 
 def units(source: str) -> List[Unit]:

@@ -142,11 +142,21 @@ def verdict_section(r) -> list:
     return lines
 
 
+def held_out_words(result: dict) -> str:
+    """How the evaluated clips relate to the training: held out of it, or the clips trained on."""
+    if result.get("clips_held_out"):
+        return f" held out of labelling and training (one in {result['holdout']} of each source)"
+    if result.get("holdout"):
+        return (f" (eval.holdout {result['holdout']} held none out: too few clips per source, so these are "
+                f"the clips trained on)")
+    return ""
+
+
 def write_markdown(out_dir, r):
     """report.md: a verdict, then every metric with its direction, the baseline and the oracle."""
     p, b, a = r["primary"], r["before"], r["after"]
     lines = ["# Evaluation report", "",
-             f"{r['clips']} clips, resolution {r['resolution']}"
+             f"{r['clips']} clips" + held_out_words(r) + f", resolution {r['resolution']}"
              + (f", query mode '{r['query_mode']}'" if r["query_mode"] else "") + ". "
              f"Trivial baseline: {r['baseline_name']}."
              + (f" Flow metrics over the {100 * r['gt_known']:.1f} % of pixels with known ground truth."

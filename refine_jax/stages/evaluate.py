@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from refine_jax import checkpoints, fs, parallel, paths, tasks
 from refine_jax.data import shards, sources
@@ -45,13 +45,31 @@ from refine_jax.evaluation import report
 from refine_jax.settings import EvalConfig
 
 
-def evaluation_clips(ec: EvalConfig, config) -> List[shards.Clip]:
-    """The clips evaluated: eval.data (default data.videos), the first eval.max_clips."""
+def evaluation_clips(ec: EvalConfig, config) -> Tuple[List[shards.Clip], bool]:
+    """(the clips evaluated, whether they were held out of training): eval.data when set; else
+    data.videos' clips that eval.holdout kept out of labelling (data/sources.py `held_out`), or all
+    of them when it is 0 or held none out (sources of fewer than eval.holdout // 2 + 1 clips); the
+    first eval.max_clips."""
+    every = ec.held_out_every()
+    sources.check_holdout(every)
+    names = sources.split_sources(ec.data or config.data.videos)
+    if every:
+        held = _read(names, ec.max_clips, lambda i: sources.held_out(i, every))
+        if held:
+            return held, True
+    return _read(names, ec.max_clips, lambda i: True), False
+
+
+def _read(names, max_clips: int, keep) -> List[shards.Clip]:
+    """The clips of the sources `names` whose index within their source passes `keep`, the first
+    `max_clips` (0: all)."""
     out = []
-    for d in sources.split_sources(ec.data or config.data.videos):
-        for c in sources.read_clips(d):
+    for d in names:
+        for i, c in enumerate(sources.read_clips(d)):
+            if not keep(i):
+                continue
             out.append(c)
-            if ec.max_clips and len(out) >= ec.max_clips:
+            if max_clips and len(out) >= max_clips:
                 return out
     return out
 
@@ -220,7 +238,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
     ec = EvalConfig.from_config(config.get("eval"))
     ec = dataclasses.replace(ec, pad_mode=resolve_pad_mode(ec, config))
     before = checkpoints.load_model(init or config.init, config.get("runtime"))
-    all_clips = evaluation_clips(ec, config)
+    all_clips, held_out = evaluation_clips(ec, config)
     clips = parallel.process_share(all_clips)  # each process its share; metrics are gathered
     out_dir = paths.evaluation(workdir)
     fs.makedirs(out_dir)
@@ -238,6 +256,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True,
               "baseline_name": task.baseline_name,
               "speed_bins": m_before["bins"], "labels": _label_precision(trained, config),
               "model_before": fs.abspath(init or config.init), "clips": len(all_clips),
+              "clips_held_out": held_out, "holdout": ec.held_out_every(),
               "resolution": "256x256 (rescaled)" if (ec.tapvid_256 and not is_flow)
               else f"{all_clips[0].frames.shape[1]}x{all_clips[0].frames.shape[2]} (as stored)",
               "query_mode": None if is_flow or not has_gt else ec.query_mode,

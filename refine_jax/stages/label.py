@@ -16,6 +16,9 @@ A shard counts as done once its stats file exists (written after the shard was r
 so an interrupted run redoes only unfinished shards and never leaves a finished-looking partial one.
 The stats file records the label settings and the model's sha256; a re-run with other ones refuses
 the finished shards instead of mixing two runs' labels under one manifest.
+With eval.holdout = N (and eval.data empty), one clip in N of each source (data/sources.py
+`held_out`) is left out of labelling, and so of training, for the eval stage to judge the refined
+model on; the stats count them (`clips_held_out`) and the key records N.
 """
 from __future__ import annotations
 
@@ -28,18 +31,18 @@ from typing import Optional, Tuple
 from refine_jax import checkpoints, cli, fs, parallel, paths, settings, tasks
 from refine_jax.data import shards, sources
 from refine_jax.labels import stats as stats_lib
-from refine_jax.settings import LabelConfig
+from refine_jax.settings import EvalConfig, LabelConfig
 
 # Label settings that only split the work (or name the folder, or count rounds): a resumed run may
 # change them. Any other setting, or another model, makes other labels.
 WORK_SPLIT_ONLY = frozenset({"out", "batch", "num_devices", "query_chunk", "rounds", "max_seconds"})
 
 
-def _label_key(lc: LabelConfig, model_sha256: str) -> dict:
-    """What a label shard depends on besides its input: the settings and the model's weights
-    (as JSON holds them, so that a stored key compares equal)."""
+def _label_key(lc: LabelConfig, model_sha256: str, holdout: int = 0) -> dict:
+    """What a label shard depends on besides its input: the settings, the model's weights and
+    eval.holdout (as JSON holds them, so that a stored key compares equal)."""
     values = {k: v for k, v in dataclasses.asdict(lc).items() if k not in WORK_SPLIT_ONLY}
-    return json.loads(json.dumps({"label_settings": values, "model_sha256": model_sha256}))
+    return json.loads(json.dumps({"label_settings": values, "model_sha256": model_sha256, "holdout": holdout}))
 
 
 def _check_same_key(entry: dict, key: dict, stats_path: str) -> None:
@@ -47,8 +50,10 @@ def _check_same_key(entry: dict, key: dict, stats_path: str) -> None:
     model than this run's, naming the differences. Shards from before keys were stored pass."""
     if "label_settings" not in entry:
         return
-    diffs = settings.differences({"label": entry["label_settings"], "model_sha256": entry.get("model_sha256")},
-                                 {"label": key["label_settings"], "model_sha256": key["model_sha256"]},
+    diffs = settings.differences({"label": entry["label_settings"], "model_sha256": entry.get("model_sha256"),
+                                  "eval": {"holdout": entry.get("holdout", 0)}},
+                                 {"label": key["label_settings"], "model_sha256": key["model_sha256"],
+                                  "eval": {"holdout": key["holdout"]}},
                                  defaults=settings.dataclass_defaults(label=LabelConfig))
     if diffs:
         raise ValueError(f"{stats_path} marks a shard labelled with other settings ({'; '.join(diffs)}); "
@@ -65,12 +70,17 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
     mesh = parallel.make_mesh(lc.num_devices or None, local=True)
     task = tasks.of(loaded.cfg)
     labeler = task.labeler(loaded.cfg, loaded.variables, lc, mesh)
-    inputs = []
+    holdout = EvalConfig.from_config(config.get("eval")).held_out_every()
+    sources.check_holdout(holdout)
+    inputs, first = [], {}  # first: the index within its source of each unit's first clip
     for d in sources.split_sources(config.data.videos):
-        inputs.extend(sources.units(d))
+        units = sources.units(d)
+        inputs.extend(units)
+        if holdout:
+            first.update(zip((u.name for u in units), sources.first_indices(units)))
     out_dir = paths.labels(workdir, config)
     fs.makedirs(out_dir)
-    key = _label_key(lc, checkpoints.fingerprint(init))
+    key = _label_key(lc, checkpoints.fingerprint(init), holdout)
     start = time.time()
     mine = parallel.process_share(inputs)
     counted = all(u.records is not None for u in mine)
@@ -88,7 +98,11 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         records, sizes = 0, set()
         tf = fs.tf()
         with tf.io.TFRecordWriter(tmp) as writer:
-            for clip in unit.clips():
+            for index, clip in enumerate(unit.clips(), first.get(unit.name, 0)):
+                if sources.held_out(index, holdout):
+                    stats_lib.add(stats, "clips_held_out", 1)  # the eval stage's, never trained on
+                    bar.update(1 if counted else 0)
+                    continue
                 if lc.max_seconds and time.time() - start > lc.max_seconds:
                     stats_lib.add(stats, "clips_over_budget", 1)  # counted, not labelled
                     bar.update(1 if counted else 0)
@@ -109,7 +123,7 @@ def run(config, workdir: str, init: Optional[str] = None, progress: bool = True)
         fs.write_json_atomic(stats_path, entry)
     bar.close()
     parallel.barrier("label: shards written")
-    manifest = _manifest(inputs, out_dir, lc, init, loaded, key["model_sha256"])
+    manifest = _manifest(inputs, out_dir, lc, init, loaded, key["model_sha256"], holdout)
     if parallel.is_main_process():
         fs.write_json_atomic(os.path.join(out_dir, shards.MANIFEST), manifest)
     parallel.barrier("label: manifest written")
@@ -122,7 +136,7 @@ def _outputs(out_dir: str, unit: "sources.Unit") -> Tuple[str, str]:
     return (os.path.join(out_dir, f"{unit.name}.labels.tfrecord"), os.path.join(out_dir, f".{unit.name}.stats.json"))
 
 
-def _manifest(inputs, out_dir, lc, init, loaded, model_sha256: str) -> dict:
+def _manifest(inputs, out_dir, lc, init, loaded, model_sha256: str, holdout: int) -> dict:
     """The label manifest over every input shard's stats file, in input order."""
     per_shard = []
     for unit in inputs:
@@ -135,7 +149,7 @@ def _manifest(inputs, out_dir, lc, init, loaded, model_sha256: str) -> dict:
                 "records": sum(e["records"] for e in per_shard),
                 "frame_sizes": sorted(map(list, {tuple(v) for e in per_shard for v in e.get("frame_sizes", ())})),
                 "label_config": dataclasses.asdict(lc), "model": fs.abspath(init),
-                "model_sha256": model_sha256, "model_arch": loaded.arch,
+                "model_sha256": model_sha256, "model_arch": loaded.arch, "holdout": holdout,
                 "stats": stats_lib.summary(total)}
     return manifest
 

@@ -12,6 +12,7 @@ import copy
 
 from refine_jax import paths
 from refine_jax.data import sources
+from refine_jax.settings import EvalConfig
 from refine_jax.stages import train as train_stage
 
 
@@ -31,8 +32,18 @@ def check_ground_truth(config) -> None:
                              f"(--config.stages=label,train,eval reports the label-free diagnostics)")
 
 
+def check_no_holdout(config) -> None:
+    """Refuse eval.holdout without eval.data: the oracle would train on the held-out clips that the
+    refined model is judged on, a ceiling the refinement was never allowed to reach."""
+    if EvalConfig.from_config(config.get("eval")).held_out_every():
+        raise ValueError(f"eval.holdout={config.eval.holdout}: the oracle stage trains on the evaluated clips, "
+                         f"which are then the clips held out of the refinement's training; leave the oracle "
+                         f"stage out or set eval.holdout=0")
+
+
 def run(config, workdir: str) -> dict:
     check_ground_truth(config)
+    check_no_holdout(config)
     c = copy.deepcopy(config)
     c.train.data = data_of(config)
     c.train.keep_checkpoints = 1
