@@ -99,7 +99,8 @@ def check_same_request(req: Request) -> None:
     path = os.path.join(req.out, REQUEST)
     now = json.loads(json.dumps(dataclasses.asdict(req)))
     if fs.exists(path):
-        diffs = settings.differences(fs.read_json(path), now, RESUMABLE)
+        # a request recorded before --holdout existed was judged on the clips trained on
+        diffs = settings.differences(fs.read_json(path), now, RESUMABLE, defaults={"holdout": 0})
         if diffs:
             raise ValueError(f"{req.out}: holds a refinement with other settings ({'; '.join(diffs)}); "
                              f"rerun with those settings to resume it, or choose another --out")
