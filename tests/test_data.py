@@ -48,6 +48,21 @@ def test_write_then_read_is_identical(tmp_path):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k), err_msg=k)
 
 
+def test_read_with_keep_decodes_only_the_kept_clips(tmp_path, monkeypatch):
+    """Held-out evaluation keeps one clip in N by its index across a folder's files; the others are
+    skipped before they are decoded."""
+    from refine_jax.data import sources
+    clips = [_clip(i) for i in range(5)]
+    assert len(_write(tmp_path, clips, max_bytes=30_000)["files"]) > 1
+    decoded = []
+    real = shards.decode_record
+    monkeypatch.setattr(shards, "decode_record", lambda parsed: decoded.append(1) or real(parsed))
+    back = list(sources.read_clips(str(tmp_path), keep=lambda i: i in (1, 3)))
+    assert [c.video_id for c in back] == ["vid1", "vid3"] and len(decoded) == 2
+    np.testing.assert_array_equal(back[1].frames, clips[3].frames)
+    assert list(sources.read_clips(str(tmp_path), keep=lambda i: False)) == [] and len(decoded) == 2
+
+
 def test_missing_and_corrupt_shards_are_named(tmp_path):
     _write(tmp_path, [_clip(i) for i in range(4)], max_bytes=30_000)
     m = json.loads((tmp_path / "manifest.json").read_text())

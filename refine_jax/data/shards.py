@@ -25,7 +25,7 @@ import hashlib
 import io
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -286,19 +286,43 @@ def verify_shards(shard_dir: str, checksum: bool = True) -> List[str]:
 
 def read_file(path: str) -> Iterator[Clip]:
     """Every clip of one shard file, decoded to numpy; a corrupt file is named in the error."""
+    for rec in _records(path):
+        yield _decode(path, rec)
+
+
+def _records(path: str):
+    """The serialized records of one shard file, undecoded."""
     tf = fs.tf()
     try:
-        for rec in tf.data.TFRecordDataset(path):
-            yield decode_record(parse_example_tf(rec))
+        yield from tf.data.TFRecordDataset(path)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        raise ShardError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]})") from None
+        raise _corrupt(path, e) from None
 
 
-def read_clips(shard_dir: str, checksum: bool = True) -> Iterator[Clip]:
-    """Every clip of a shard folder, in file order, decoded to numpy (for tools and tests)."""
+def _decode(path: str, rec) -> Clip:
+    tf = fs.tf()
+    try:
+        return decode_record(parse_example_tf(rec))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _corrupt(path: str, e) -> ShardError:
+    return ShardError(f"{path}: corrupt TFRecord shard ({e.message.splitlines()[0]})")
+
+
+def read_clips(shard_dir: str, checksum: bool = True,
+               keep: Optional[Callable[[int], bool]] = None) -> Iterator[Clip]:
+    """The clips of a shard folder, in file order, decoded to numpy; with `keep`, only those whose
+    index in the folder (0-based, across its files) it accepts, the rest never decoded."""
     gt_known = load_manifest(shard_dir).get("flow_valid_means") == GT_KNOWN
+    index = 0
     for path in verify_shards(shard_dir, checksum):
-        for clip in read_file(path):
+        for rec in _records(path):
+            index += 1
+            if keep is not None and not keep(index - 1):
+                continue
+            clip = _decode(path, rec)
             if gt_known and clip.flow_valid is not None:
                 clip.flow_gt_known = clip.flow_valid
             yield clip

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 
@@ -109,12 +109,15 @@ def _tfds_clips(spec: TfdsSpec) -> Iterator[Clip]:
         yield clip_from_example(ex)
 
 
-def read_clips(source: str, checksum: bool = True) -> Iterator[Clip]:
-    """Every clip of one source, decoded, in order."""
+def read_clips(source: str, checksum: bool = True, keep: Optional[Callable[[int], bool]] = None) -> Iterator[Clip]:
+    """The clips of one source, decoded, in order; with `keep`, only those whose index in the
+    source (0-based) it accepts (a shard folder's others are skipped undecoded)."""
     if is_tfds(source):
-        yield from _tfds_clips(TfdsSpec.parse(source))
+        for index, clip in enumerate(_tfds_clips(TfdsSpec.parse(source))):
+            if keep is None or keep(index):
+                yield clip
     else:
-        yield from shards.read_clips(source, checksum)
+        yield from shards.read_clips(source, checksum, keep)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,17 +57,15 @@ def evaluation_clips(ec: EvalConfig, config) -> Tuple[List[shards.Clip], bool]:
         held = _read(names, ec.max_clips, lambda i: sources.held_out(i, every))
         if held:
             return held, True
-    return _read(names, ec.max_clips, lambda i: True), False
+    return _read(names, ec.max_clips, None), False
 
 
 def _read(names, max_clips: int, keep) -> List[shards.Clip]:
-    """The clips of the sources `names` whose index within their source passes `keep`, the first
-    `max_clips` (0: all)."""
+    """The clips of the sources `names` whose index within their source passes `keep` (None: all;
+    the others are not decoded), the first `max_clips` (0: all)."""
     out = []
     for d in names:
-        for i, c in enumerate(sources.read_clips(d)):
-            if not keep(i):
-                continue
+        for c in sources.read_clips(d, keep=keep):
             out.append(c)
             if max_clips and len(out) >= max_clips:
                 return out
