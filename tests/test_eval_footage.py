@@ -7,6 +7,7 @@ import pytest
 
 from refine_jax.demo import stages as demo
 from refine_jax.stages import evaluate
+from refine_jax.evaluation import proxies as proxies_lib
 from refine_jax import pipeline
 from refine_jax.data import shards
 from refine_jax.demo import synthetic
@@ -38,10 +39,13 @@ def test_footage_without_ground_truth_gets_the_label_free_report(arch, tmp_path)
     assert r["ground_truth"] is False and r["primary"] == "cycle_pass" and r["after"] is None
     assert r["clips"] == 1 and r["clips_held_out"] is True and r["holdout"] == 2
     # the label-free diagnostics and the proxies (evaluation/proxies.py, track_proxies.py), all finite here
-    proxies = ({"kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "flow_mag", "source_epe"} if is_flow else
+    proxies = ({"kw_epe", "fb_auc", "fb_1px", "fb_atc", "chain_err", "chain_rel", "flow_mag", "census_err",
+                "source_epe"} if is_flow else
                {"kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "track_mag", "source_ate"})
-    assert set(r["before"]) == {"cycle_pass", "photometric_error"} | proxies and r["speed_bins"] == {}
+    per_bin = set(proxies_lib.FB_BIN_KEYS) if is_flow else set()   # NaN in a speed bin without pixels
+    assert set(r["before"]) == {"cycle_pass", "photometric_error"} | proxies | per_bin and r["speed_bins"] == {}
     assert all(np.isfinite(r["before"][k]) for k in proxies)
+    assert not per_bin or any(np.isfinite(r["before"][k]) for k in per_bin)
     assert 0 <= r["before"]["cycle_pass"] <= 1 and np.isfinite(r["before"]["photometric_error"])
     # zero motion is the label-free baseline: cycle-consistent everywhere, only the colour check
     # (flow) removes pixels, and every point held still passes (tracks)

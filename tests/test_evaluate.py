@@ -179,8 +179,8 @@ def test_flow_metrics_skip_pixels_without_ground_truth():
 
 
 def test_metric_kind_tells_thresholded_fractions_from_means():
-    for name in ("1px", "3px", "5px", "fl", "cycle_pass", "delta_avg", "delta_4", "average_jaccard",
-                 "occlusion_accuracy", "survival"):
+    for name in ("1px", "3px", "5px", "fl", "cycle_pass", "fb_1px", "fb_atc", "delta_avg", "delta_4",
+                 "average_jaccard", "occlusion_accuracy", "survival"):
         assert report.metric_kind(name) == "fraction", name
     for name in ("epe", "epe@[4,16)", "ate", "ate@[0,1)", "mte", "photometric_error"):
         assert report.metric_kind(name) == "mean", name

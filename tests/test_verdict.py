@@ -52,6 +52,38 @@ def test_chain_error_and_forward_backward_scores():
     assert sc["fb_1px"] == 0.5 and sc["fb_auc"] == pytest.approx((1 + 5 / 6 + 0.5 + 0) / 4)
 
 
+def test_census_control_reads_a_fixed_mask_and_prefers_the_true_flow():
+    for domain, bar in (("source", 0.7), ("target", 1.0)):  # the target: noise, blur, JPEG, ... (and slow motion)
+        clip = synthetic.render_video(synthetic.domain(domain), 5, 2, 96, 128)
+        (im1, im2), flow = clip.frames, clip.flow[0]
+        true, n = proxies.census_error(im1, im2, flow)
+        zero, n0 = proxies.census_error(im1, im2, np.zeros_like(flow))
+        off, n1 = proxies.census_error(im1, im2, flow + [1.5, 0.0])
+        assert n == n0 == n1 > 0.05 * flow[..., 0].size   # the same pixels whatever the flow
+        assert true < bar * off and true < bar * zero, (domain, true / n, off / n, zero / n)
+    g = proxies.grey(im1)
+    mask = proxies.census_mask(g)
+    r = proxies.CENSUS_RADIUS
+    assert not mask[:r].any() and not mask[:, -r:].any() and mask.mean() < 0.95
+    assert proxies.census_error(im1, im1, np.zeros_like(flow))[0] == 0.0
+
+
+def test_atc_threshold_and_forward_backward_per_speed_bin():
+    fb = np.array([0.0, 0.5, 1.0, 2.0, 4.0])
+    tau = proxies.atc_threshold(fb, np.array([0.2, 3.0, 0.9, 5.0, 2.0]))   # 2 of 5 within 1 px
+    assert tau == pytest.approx(0.8) and np.mean(fb < tau) == pytest.approx(0.4)
+    assert proxies.atc_threshold(fb, np.zeros(5)) == np.inf
+    flow = np.zeros((2, 3, 2))
+    flow[0, :, 0] = [0.5, 2.0, 20.0]   # bins [0,1), [1,4), [16,inf)
+    fb2 = np.array([[0.0, 1.5, 3.0], [0.0, 0.0, 0.0]])
+    by = proxies.fb_by_speed(fb2, flow)
+    assert set(by) == set(proxies.FB_BIN_KEYS)
+    assert by["fb_auc@[0,1)"] == 1.0 and by["fb_auc@[1,4)"] == pytest.approx(0.5) and by["fb_auc@[16,inf)"] == 0.0
+    assert np.isnan(by["fb_auc@[4,16)"])
+    assert proxies.direction("fb_auc@[1,4)") is False and proxies.direction("census_err") is True
+    assert proxies.direction("flow_mag") is None
+
+
 def test_paired_change_and_its_interval():
     b = np.array([2.0, 3.0, 4.0, 5.0, 6.0])
     c = verdict.paired_change(b, 0.9 * b)

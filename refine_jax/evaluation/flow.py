@@ -20,7 +20,6 @@ from refine_jax.speed import bin_names, bin_of
 from refine_jax.settings import EvalConfig
 
 
-PROXY_KEYS = ("fb_auc", "fb_1px", "flow_mag", "kw_epe", "chain_err", "chain_rel")
 
 
 def flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str, known: Optional[np.ndarray] = None) -> Dict[str, float]:
@@ -110,17 +109,21 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
     mesh = parallel.make_mesh(1, local=True)
     pad_mode = "sintel" if ec.pad_mode == "auto" else ec.pad_mode  # run() resolves 'auto'
     labeler = FlowLabeler(loaded.cfg, loaded.variables, label_config(config, ec.iters or 32, pad_mode), mesh)
-    rows, free, zero_free, proxy_rows, example, batch = [], [], [], [], None, 0
+    rows, free, zero_free, proxy_rows, example = [], [], [], [], None
+    source, threshold, batch = [], None, 0
     for c in clips:
         t = len(c.frames)
-        if ec.proxies:  # the clip's pairs and the proxies' pairs in one call
+        if not batch:  # the first clip's pairs (with the proxies': one call per clip) set the batch
+            batch = labeler.batch_for(proxies.pair_count(t) if ec.proxies else t - 1)
+            if ec.proxies and ec.source_clips:  # before any clip's proxies: fb_atc's threshold is set there
+                source, threshold = proxies.source_rows(labeler, *c.frames.shape[1:3], ec.source_clips, batch)
+        if ec.proxies:
             first, second, known = proxies.proxy_pairs(c)
         else:
             first, second = c.frames[:-1], c.frames[1:]
-        batch = batch or labeler.batch_for(len(first))
         fw, valid, color, fb = labeler.pairs(first, second, f"frames of {c.video_id}", batch=batch)
         if ec.proxies:
-            proxy_rows.append(proxies.clip_row(fw, fb, known, t))
+            proxy_rows.append(proxies.clip_row(fw, fb, known, c.frames, threshold))
         fw, valid, color = fw[:t - 1], valid[:t - 1], color[:t - 1]
         if ec.label_free:
             free += [label_free_row(v, col) for v, col in zip(valid, color)]
@@ -131,9 +134,7 @@ def evaluate(loaded, clips, ec: EvalConfig, config) -> dict:
         example = fw[0] if example is None else example
     z = np.zeros((1, 1, 2))
     rows = parallel.gather_rows(rows, flow_row(z, z))
-    proxy_rows = parallel.gather_rows(proxy_rows, dict.fromkeys(PROXY_KEYS, 0.0)) if ec.proxies else []
-    source = (proxies.source_rows(labeler, *example.shape[:2], ec.source_clips, batch)
-              if ec.proxies and ec.source_clips and example is not None else [])
+    proxy_rows = parallel.gather_rows(proxy_rows, dict.fromkeys(proxies.ROW_KEYS, 0.0)) if ec.proxies else []
     free_template = label_free_row(np.zeros((1, 1), bool), np.zeros((1, 1)))
     free, zero_free = parallel.gather_rows(free, free_template), parallel.gather_rows(zero_free, free_template)
     if not rows and not free:

@@ -25,14 +25,15 @@ def lower_is_better(metric: str) -> bool:
 
 
 # Shares of pixels, points or queries that pass a threshold; every other metric is a mean of errors.
-_THRESHOLDED = re.compile(r"^(\d+px|fl|cycle_pass|delta_[\d.]+|delta_avg|jaccard_[\d.]+|average_jaccard|"
-                          r"occlusion_accuracy|survival)$")
+_THRESHOLDED = re.compile(r"^(\d+px|fl|cycle_pass|fb_1px|fb_atc|delta_[\d.]+|delta_avg|jaccard_[\d.]+|"
+                          r"average_jaccard|occlusion_accuracy|survival)$")
 
 
 def metric_kind(metric: str) -> str:
     """'fraction' for a share of pixels or points under a threshold (1 / 3 / 5 px, KITTI's Fl, the
-    cycle-pass share, TAP-Vid's delta, Jaccard and occlusion accuracy, survival): one pixel on the
-    other side of its threshold moves it by 1 / count, whatever the error's size. 'mean' for a mean
+    cycle-pass share, the forward-backward shares, TAP-Vid's delta, Jaccard and occlusion accuracy,
+    survival): one pixel on the other side of its threshold moves it by 1 / count, whatever the
+    error's size. 'mean' for a mean
     of errors (EPE, ATE, photometric error), which moves with the errors themselves."""
     return "fraction" if _THRESHOLDED.match(metric.split("@")[0]) else "mean"
 

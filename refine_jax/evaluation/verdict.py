@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from refine_jax.evaluation.proxies import LOWER_IS_BETTER
+from refine_jax.evaluation.proxies import direction
 
 BOOTSTRAP = 2000
 LEVEL = 0.9  # two-sided interval: 5 % each side
@@ -85,7 +85,7 @@ def paired_change(before: Sequence[float], after: Sequence[float], seed: int = 0
 
 def gain(name: str, change: Dict[str, float]) -> Tuple[float, float, float]:
     """(gain, lo, hi) in percent: the change signed so that positive means better."""
-    if LOWER_IS_BETTER[name]:
+    if direction(name):
         return -change["change"], -change["hi"], -change["lo"]
     return change["change"], change["lo"], change["hi"]
 
@@ -111,7 +111,7 @@ def changes(before_rows: List[dict], after_rows: List[dict]) -> Dict[str, Dict[s
     order)."""
     out = {}
     for k in (before_rows[0].keys() if before_rows else ()):
-        if LOWER_IS_BETTER.get(k) is None or k not in after_rows[0]:
+        if direction(k) is None or k not in after_rows[0]:
             continue
         out[k] = paired_change([r[k] for r in before_rows], [r[k] for r in after_rows])
     return out

@@ -36,11 +36,11 @@ from absl import flags
 
 from refine_jax import fs
 from refine_jax.evaluation import verdict as verdict_lib
-from refine_jax.evaluation.proxies import LOWER_IS_BETTER
+from refine_jax.evaluation.proxies import direction
 
 # candidates per task kind: single proxies and pairs, margins (% gain), drift tolerances (% loss;
 # inf = ignored), judged on the bootstrap interval (first: preferred on a tie) or on the change itself
-DECIDING = {"flow": ("kw_epe", "fb_auc", "fb_1px", "chain_err", "chain_rel", "cycle_pass", "photometric_error"),
+DECIDING = {"flow": ("kw_epe", "fb_auc", "fb_1px", "fb_atc", "chain_err", "chain_rel", "cycle_pass", "photometric_error"),
             "tracks": ("kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "cycle_pass",
                        "photometric_error")}
 DRIFT = {"flow": "source_epe", "tracks": "source_ate"}
@@ -136,7 +136,7 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def proxy_table(cells: List[dict], seed: int = 0) -> Dict[str, dict]:
-    names = sorted({k for c in cells for k in c["changes"] if LOWER_IS_BETTER.get(k) is not None})
+    names = sorted({k for c in cells for k in c["changes"] if direction(k) is not None})
     g = np.array([gt_gain(c) for c in cells])
     big = np.abs(g) >= 1.0
     rng = np.random.default_rng(seed)

@@ -7,8 +7,8 @@
 Every cell (shift, severity, seed) runs the config's demo stages on a procedural target with only
 that shift at that severity ('default': every shift of the demo's combined target at it) and
 target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a cell finished with the same config and
-model is read back, so the study resumes (another config or model in the same folder is refused).
-Then it prints, per shift and severity, the primary metric of the trivial baseline, the model
+model is read back, so the study resumes (another config or model in the same folder is refused);
+with --reeval its eval stage alone runs again on the models it trained. Then it prints, per shift and severity, the primary metric of the trivial baseline, the model
 before and after refinement and the oracle (mean +- std over seeds), the relative change, and how
 many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
 """
@@ -36,6 +36,9 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0", "1", "2"], "target seeds")
     flags.DEFINE_bool("oracle", True, "run the oracle stage in every cell (off: the proxy study needs "
                       "only before and after, at about 60 % of the time)")
+    flags.DEFINE_bool("reeval", False, "measure the finished cells again with the eval stage alone, on the models "
+                      "they trained (after a change to the evaluation, e.g. a new proxy); cells not "
+                      "finished run whole")
 
 
 def shift_spec(shift: str, severity: float) -> str:
@@ -85,10 +88,12 @@ def _key_defaults() -> dict:
                                                   eval=EvalConfig)}
 
 
-def run_cell(config, workdir: str, shift: str, severity: float, seed: int, oracle: bool = True) -> Optional[dict]:
-    """One cell's eval metrics: read back when the cell finished with the same config and model,
-    else run; None when a SIGTERM stopped it (saved, to resume). A cell folder left by another
-    config or model is an error, not a silent reuse."""
+def run_cell(config, workdir: str, shift: str, severity: float, seed: int, oracle: bool = True,
+             reeval: bool = False) -> Optional[dict]:
+    """One cell's eval metrics: read back when the cell finished with the same config and model
+    (with `reeval`, measured again by the eval stage alone, on its trained models), else run;
+    None when a SIGTERM stopped it (saved, to resume). A cell folder left by another config or
+    model is an error, not a silent reuse."""
     from refine_jax import pipeline
     c = cell_config(config, shift, severity, seed, oracle)
     path, key_path = os.path.join(paths.evaluation(workdir), "metrics.json"), os.path.join(workdir, CELL_JSON)
@@ -103,7 +108,10 @@ def run_cell(config, workdir: str, shift: str, severity: float, seed: int, oracl
     else:
         fs.makedirs(workdir)
         fs.write_json_atomic(key_path, key)
-    if not fs.exists(path) and pipeline.run(c, workdir).get("preempted"):
+    if reeval and fs.exists(path):
+        c.stages = ("eval",)
+        pipeline.run(c, workdir, progress=False)
+    elif not fs.exists(path) and pipeline.run(c, workdir).get("preempted"):
         return None
     return fs.read_json(path)
 
@@ -175,7 +183,7 @@ def main(argv):
             for seed in map(int, f.seeds):
                 wd = os.path.join(root, f"{shift}_{sev:g}", f"seed{seed}")
                 print(f"study: {shift} {sev:g} seed {seed} in {wd}", flush=True)
-                cell = run_cell(config, wd, shift, sev, seed, f.oracle)
+                cell = run_cell(config, wd, shift, sev, seed, f.oracle, f.reeval)
                 if cell is None:
                     print(f"study: preempted in {wd} (saved); rerun the same command to resume", flush=True)
                     return
