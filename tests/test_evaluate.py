@@ -184,3 +184,27 @@ def test_metric_kind_tells_thresholded_fractions_from_means():
         assert report.metric_kind(name) == "fraction", name
     for name in ("epe", "epe@[4,16)", "ate", "ate@[0,1)", "mte", "photometric_error"):
         assert report.metric_kind(name) == "mean", name
+
+
+def test_reeval_runs_the_eval_stage_alone_on_a_finished_cell(monkeypatch, tmp_path):
+    """study --reeval: a finished cell is measured again by its eval stage only (its labels and
+    training kept); a cell not finished still runs whole."""
+    from refine_jax import cli, fs, pipeline
+    config = cli.load_config("configs/raft.py")
+    ran = []
+
+    def stage(name):
+        def run(config, workdir, **kwargs):
+            ran.append(name)
+            if name == "eval":
+                fs.makedirs(f"{workdir}/eval")
+                fs.write_json_atomic(f"{workdir}/eval/metrics.json", {"primary": "epe", "run": len(ran)})
+            return {"step": 1, "preempted": False}
+        return run
+    monkeypatch.setattr(pipeline, "stages", lambda: {n: stage(n) for n in ("generate", "label", "train", "oracle", "eval")})
+    wd = str(tmp_path / "fog_1" / "seed0")
+    assert study.run_cell(config, wd, "fog", 1.0, 0, reeval=True) == {"primary": "epe", "run": 5}
+    assert ran == ["generate", "label", "train", "oracle", "eval"]
+    assert study.run_cell(config, wd, "fog", 1.0, 0, reeval=True) == {"primary": "epe", "run": 6}
+    assert ran[5:] == ["eval"]
+    assert study.run_cell(config, wd, "fog", 1.0, 0) == {"primary": "epe", "run": 6}   # read back
