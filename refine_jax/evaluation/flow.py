@@ -20,8 +20,6 @@ from refine_jax.speed import bin_names, bin_of
 from refine_jax.settings import EvalConfig
 
 
-
-
 def flow_sums(pred: np.ndarray, gt: np.ndarray, prefix: str, known: Optional[np.ndarray] = None) -> Dict[str, float]:
     """Sums that give EPE, the px rates and KITTI's Fl (outliers: EPE > 3 px and > 5 % of |gt|)
     over the pixels with known GT (`known`, default all), and EPE per GT speed bin, when divided."""

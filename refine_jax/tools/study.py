@@ -8,9 +8,10 @@ Every cell (shift, severity, seed) runs the config's demo stages on a procedural
 that shift at that severity ('default': every shift of the demo's combined target at it) and
 target seed, in WORKDIR/<shift>_<severity>/seed<seed>; a cell finished with the same config and
 model is read back, so the study resumes (another config or model in the same folder is refused);
-with --reeval its eval stage alone runs again on the models it trained. Then it prints, per shift and severity, the primary metric of the trivial baseline, the model
-before and after refinement and the oracle (mean +- std over seeds), the relative change, and how
-many seeds improved, and writes WORKDIR/study.md, study.json and study.png.
+with --reeval its eval stage alone runs again on the models it trained. Then it prints, per shift
+and severity, the primary metric of the trivial baseline, the model before and after refinement
+and the oracle (mean +- std over seeds), the relative change, and how many seeds improved, and
+writes WORKDIR/study.md, study.json and study.png.
 """
 from __future__ import annotations
 
