@@ -316,13 +316,11 @@ def read_clips(shard_dir: str, checksum: bool = True,
     """The clips of a shard folder, in file order, decoded to numpy; with `keep`, only those whose
     index in the folder (0-based, across its files) it accepts, the rest never decoded."""
     gt_known = load_manifest(shard_dir).get("flow_valid_means") == GT_KNOWN
-    index = 0
-    for path in verify_shards(shard_dir, checksum):
-        for rec in _records(path):
-            index += 1
-            if keep is not None and not keep(index - 1):
-                continue
-            clip = _decode(path, rec)
-            if gt_known and clip.flow_valid is not None:
-                clip.flow_gt_known = clip.flow_valid
-            yield clip
+    records = ((path, rec) for path in verify_shards(shard_dir, checksum) for rec in _records(path))
+    for index, (path, rec) in enumerate(records):
+        if keep is not None and not keep(index):
+            continue
+        clip = _decode(path, rec)
+        if gt_known and clip.flow_valid is not None:
+            clip.flow_gt_known = clip.flow_valid
+        yield clip

@@ -33,8 +33,8 @@ def metric_kind(metric: str) -> str:
     """'fraction' for a share of pixels or points under a threshold (1 / 3 / 5 px, KITTI's Fl, the
     cycle-pass share, the forward-backward shares, TAP-Vid's delta, Jaccard and occlusion accuracy,
     survival): one pixel on the other side of its threshold moves it by 1 / count, whatever the
-    error's size. 'mean' for a mean
-    of errors (EPE, ATE, photometric error), which moves with the errors themselves."""
+    error's size. 'mean' for a mean of errors (EPE, ATE, photometric error), which moves with the
+    errors themselves."""
     return "fraction" if _THRESHOLDED.match(metric.split("@")[0]) else "mean"
 
 

@@ -40,7 +40,8 @@ from refine_jax.evaluation.proxies import direction
 
 # candidates per task kind: single proxies and pairs, margins (% gain), drift tolerances (% loss;
 # inf = ignored), judged on the bootstrap interval (first: preferred on a tie) or on the change itself
-DECIDING = {"flow": ("kw_epe", "fb_auc", "fb_1px", "fb_atc", "chain_err", "chain_rel", "cycle_pass", "photometric_error"),
+DECIDING = {"flow": ("kw_epe", "fb_auc", "fb_1px", "fb_atc", "chain_err", "chain_rel", "cycle_pass",
+                     "photometric_error"),
             "tracks": ("kw_track_err", "fb_auc", "fb_1px", "requery_err", "requery_rel", "cycle_pass",
                        "photometric_error")}
 DRIFT = {"flow": "source_epe", "tracks": "source_ate"}
